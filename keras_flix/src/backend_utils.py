@@ -1,0 +1,66 @@
+"""The few places where keras-flix has to know which backend runs.
+
+Library code uses `keras.ops` only; what `keras.ops` cannot say (whether a
+tensor's values can be read right now without a device sync, and how a layer's
+framework-level parameter registry is refreshed after model surgery) lives
+here.
+"""
+
+import keras
+import numpy as np
+
+
+def host_value(x):
+    """Returns `x` as a NumPy array if its values are on the host now.
+
+    Args:
+        x: a tensor, NumPy array or nested Python list.
+
+    Returns:
+        A NumPy array, or `None` when `x` is symbolic (traced by `jax.jit`,
+        `tf.function` or torch's compiler, or a `KerasTensor`) or lives on an
+        accelerator, where reading it would force a host-device sync.
+    """
+    if isinstance(x, (np.ndarray, list, tuple, int)):
+        return np.asarray(x)
+    if isinstance(x, keras.KerasTensor):
+        return None
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        if isinstance(x, jax.core.Tracer):
+            return None
+        if all(d.platform == "cpu" for d in x.devices()):
+            return np.asarray(x)
+        return None
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if tf.executing_eagerly() and hasattr(x, "numpy"):
+            if "GPU" in x.device or "TPU" in x.device:
+                return None
+            return x.numpy()
+        return None
+    if backend == "torch":
+        import torch
+
+        if torch.compiler.is_compiling() or x.device.type != "cpu":
+            return None
+        return x.detach().numpy()
+    return np.asarray(x)
+
+
+def refresh_parameter_registry(layer):
+    """Re-registers `layer`'s variables with its framework module, if any.
+
+    On the torch backend every Keras layer is a `torch.nn.Module` that keeps a
+    `ParameterDict` of all the variables under it, filled when it was built.
+    After sublayers are swapped, that registry still lists the old variables
+    and misses the new ones, so `module.parameters()` would be wrong.
+
+    Args:
+        layer: a Keras layer.
+    """
+    if keras.backend.backend() == "torch" and hasattr(layer, "_torch_params"):
+        layer._track_variables()

@@ -1,0 +1,63 @@
+"""Checks and conversions of `feature_ids` tensors."""
+
+import keras
+from keras import ops
+
+from keras_flix.src.backend_utils import host_value
+
+
+def standardize_feature_ids(feature_ids, schema, batch_size=None, owner=None):
+    """Checks `feature_ids` against `schema` and returns them as int32.
+
+    Shape and dtype are checked always. Values are range-checked when they
+    are readable on the host without a device sync (eager calls on CPU);
+    inside compiled graphs an out-of-range id cannot raise, and FLix layers
+    turn the affected example's outputs into NaN instead (see
+    `FLixAdapter`), so it never silently selects another value's adapter.
+
+    Args:
+        feature_ids: integer tensor or array of shape
+            `[batch, len(schema.feature_types)]`.
+        schema: the `FeatureSchema` the ids were encoded with.
+        batch_size: the batch size of the activations the ids go with, when
+            statically known.
+        owner: a description of who received the ids, for error messages.
+
+    Returns:
+        The ids as an int32 tensor.
+    """
+    where = f" given to {owner}" if owner else ""
+    if feature_ids is None:
+        raise ValueError(f"No feature ids{where}.")
+    if not isinstance(feature_ids, keras.KerasTensor) and not ops.is_tensor(
+        feature_ids
+    ):
+        feature_ids = ops.convert_to_tensor(feature_ids)
+    dtype = keras.backend.standardize_dtype(feature_ids.dtype)
+    if not dtype.startswith(("int", "uint")):
+        raise ValueError(
+            f"Feature ids{where} must be integers (int32, -1 = absent). "
+            f"Received dtype {dtype}."
+        )
+    shape = tuple(feature_ids.shape)
+    num_types = len(schema.feature_types)
+    if len(shape) != 2 or shape[1] not in (None, num_types):
+        raise ValueError(
+            f"Feature ids{where} must have shape [batch, {num_types}]: one row "
+            f"per example, one column per feature type {schema.feature_types}. "
+            f"Received shape {shape}."
+        )
+    if batch_size is not None and shape[0] is not None and shape[0] != batch_size:
+        raise ValueError(
+            f"Feature ids{where} have {shape[0]} rows but the inputs have a "
+            f"batch of {batch_size} examples; they must match one-to-one."
+        )
+    values = host_value(feature_ids)
+    if values is not None:
+        try:
+            schema.check_ids(values)
+        except ValueError as error:
+            raise ValueError(f"Invalid feature ids{where}: {error}") from None
+    if dtype != "int32":
+        feature_ids = ops.cast(feature_ids, "int32")
+    return feature_ids

@@ -1,0 +1,373 @@
+"""The per-feature low-rank adapters shared by `FLixDense` and `FLixEinsumDense`."""
+
+import contextlib
+import math
+
+import keras
+from keras import ops
+
+from keras_flix.src.feature_ids import standardize_feature_ids
+from keras_flix.src.feature_scope import current_feature_ids
+from keras_flix.src.schema import FeatureSchema
+
+
+def per_type(value, schema, name, kind):
+    """Expands an int/float or a per-feature-type dict to a full dict.
+
+    Args:
+        value: one value for every feature type, or a dict from feature type
+            to value that names every type of `schema`.
+        schema: the `FeatureSchema`.
+        name: the argument's name, for error messages.
+        kind: `int` or `float`: what each value must be (positive).
+
+    Returns:
+        A dict from every feature type to its value.
+    """
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - set(schema.feature_types))
+        missing = [t for t in schema.feature_types if t not in value]
+        if unknown or missing:
+            raise ValueError(
+                f"`{name}` as a dict must name each feature type of the schema "
+                f"{schema.feature_types} exactly once. Unknown: {unknown}; "
+                f"missing: {missing}."
+            )
+        values = {t: value[t] for t in schema.feature_types}
+    else:
+        values = {t: value for t in schema.feature_types}
+    for feature_type, v in values.items():
+        ok_type = isinstance(v, int) if kind is int else isinstance(v, (int, float))
+        if isinstance(v, bool) or not ok_type or not v > 0:
+            raise ValueError(
+                f"`{name}` for feature type '{feature_type}' must be a "
+                f"positive {kind.__name__}. Received: {v!r}"
+            )
+    return values
+
+
+@keras.saving.register_keras_serializable(package="keras_flix")
+class AdapterAInitializer(keras.initializers.Initializer):
+    """Initializes `[n_values, d_in, rank]` as `n_values` LoRA `A` matrices.
+
+    Keras' fan-based initializers read a 3-D shape as a convolution kernel;
+    this one draws from `base` as if for one `[d_in, n_values * rank]` matrix,
+    so each value's `A` gets the fan-in (`d_in`) a single LoRA `A` would.
+
+    Args:
+        base: the initializer of a single `[d_in, rank]` LoRA `A` matrix.
+    """
+
+    def __init__(self, base="he_uniform"):
+        self.base = keras.initializers.get(base)
+
+    def __call__(self, shape, dtype=None):
+        num_values, d_in, rank = shape
+        matrix = self.base(shape=(d_in, num_values * rank), dtype=dtype)
+        return ops.transpose(
+            ops.reshape(matrix, (d_in, num_values, rank)), (1, 0, 2)
+        )
+
+    def get_config(self):
+        return {"base": keras.initializers.serialize(self.base)}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(base=keras.initializers.deserialize(config["base"]))
+
+
+class FLixAdapter:
+    """Mixin adding per-feature low-rank updates to a `Dense`-like layer.
+
+    For every feature type `t` of the schema it holds `A_t` of shape
+    `[n_values_t, d_in, r_t]` and `B_t` of shape `[n_values_t, r_t, d_out]`,
+    where `d_in` / `d_out` are the flattened contracted / output axes of the
+    base kernel. For an example with feature ids `f` it adds
+
+        sum_t  (alpha_t / r_t) * x @ A_t[f_t] @ B_t[f_t]
+
+    to the base layer's pre-activation output, gathering each example's own
+    `A_t[f_t]`, `B_t[f_t]`: the cost per example grows with the number of
+    feature types, not with the number of values. An absent feature (`-1`)
+    adds nothing. An id outside the schema turns the example's output into
+    NaN (only possible inside compiled graphs; eager calls raise).
+
+    The base kernel and bias are frozen; only the adapters train.
+    """
+
+    base_layer_class = None
+    """The Keras layer class whose layers this FLix layer adapts."""
+
+    @classmethod
+    def from_base(
+        cls,
+        layer,
+        schema,
+        rank=8,
+        alpha=None,
+        a_initializer="he_uniform",
+        b_initializer="zeros",
+    ):
+        """Builds a FLix layer that adapts the built base `layer`.
+
+        The new layer has the base layer's configuration and name, shares
+        (does not copy) its kernel and bias, and places its adapter variables
+        under the base layer's path, e.g. `.../query/flix_language_a`.
+
+        Args:
+            layer: a built layer of the FLix layer's base class (`Dense` for
+                `FLixDense`, `EinsumDense` for `FLixEinsumDense`), neither
+                quantized nor carrying Keras LoRA.
+            schema, rank, alpha, a_initializer, b_initializer: as for the
+                constructor.
+
+        Returns:
+            The new, built FLix layer.
+        """
+        if type(layer) is not cls.base_layer_class:
+            raise TypeError(
+                f"{cls.__name__}.from_base takes a "
+                f"{cls.base_layer_class.__name__} layer; '{layer.name}' is a "
+                f"{type(layer).__name__}."
+            )
+        if not layer.built:
+            raise ValueError(
+                f"Layer '{layer.name}' is not built yet; build or call the "
+                "model once before adding FLix adapters."
+            )
+        if layer.quantization_mode is not None:
+            raise ValueError(
+                f"Layer '{layer.path}' is quantized "
+                f"({layer.quantization_mode}); FLix adapters need a float "
+                "base kernel."
+            )
+        if layer.lora_enabled:
+            raise ValueError(
+                f"Layer '{layer.path}' already has Keras LoRA enabled; merge "
+                "or remove it before adding FLix adapters."
+            )
+        config = layer.get_config()
+        config.update(
+            schema=schema,
+            rank=rank,
+            alpha=alpha,
+            a_initializer=a_initializer,
+            b_initializer=b_initializer,
+        )
+        flix = cls.from_config(config)
+        # Not Keras-tracked state: consumed and removed by `build`.
+        object.__setattr__(flix, "_adopted_base", (layer._kernel, layer.bias))
+        flix._remat_mode = layer._remat_mode
+        parent_path = layer.path.rpartition("/")[0]
+        with contextlib.ExitStack() as scopes:
+            for part in filter(None, parent_path.split("/")):
+                scopes.enter_context(keras.name_scope(part))
+            flix.build(layer.get_build_config()["input_shape"])
+        return flix
+
+    def _adopt_base(self):
+        """Takes over the base variables handed over by `from_base`, if any.
+
+        Returns:
+            Whether base variables were adopted (else `build` creates them).
+        """
+        adopted = self.__dict__.pop("_adopted_base", None)
+        if adopted is None:
+            return False
+        self._kernel, self.bias = adopted
+        return True
+
+    def _init_adapter(self, schema, rank, alpha, a_initializer, b_initializer):
+        if isinstance(schema, dict):
+            schema = FeatureSchema.from_config(schema)
+        if not isinstance(schema, FeatureSchema):
+            raise TypeError(
+                "`schema` must be a keras_flix.FeatureSchema. Received: "
+                f"{schema!r}"
+            )
+        self.schema = schema
+        self.rank = per_type(rank, schema, "rank", int)
+        self.alpha = per_type(
+            self.rank if alpha is None else alpha, schema, "alpha", float
+        )
+        self.a_initializer = AdapterAInitializer(a_initializer)
+        self.b_initializer = keras.initializers.get(b_initializer)
+        self.adapter_a = {}
+        self.adapter_b = {}
+
+    @property
+    def scales(self):
+        """The dict of scales `alpha_t / rank_t` per feature type."""
+        return {t: self.alpha[t] / self.rank[t] for t in self.schema.feature_types}
+
+    @property
+    def adapter_variables(self):
+        """The adapter variables: each type's `A` then `B`, in schema order."""
+        return [
+            v
+            for t in self.schema.feature_types
+            for v in (self.adapter_a[t], self.adapter_b[t])
+        ]
+
+    def _base_variables(self):
+        return [v for v in (self._kernel, self.bias) if v is not None]
+
+    def _freeze_base(self):
+        for variable in self._base_variables():
+            variable.trainable = False
+
+    def _build_adapters(self, d_in, d_out):
+        self._freeze_base()
+        for feature_type in self.schema.feature_types:
+            num_values = self.schema.num_values[feature_type]
+            rank = self.rank[feature_type]
+            # Adapters stay float32 whatever the policy: low-rank updates are
+            # small and underflow in half precision.
+            self.adapter_a[feature_type] = self.add_weight(
+                name=f"flix_{feature_type}_a",
+                shape=(num_values, d_in, rank),
+                initializer=self.a_initializer,
+                dtype="float32",
+            )
+            self.adapter_b[feature_type] = self.add_weight(
+                name=f"flix_{feature_type}_b",
+                shape=(num_values, rank, d_out),
+                initializer=self.b_initializer,
+                dtype="float32",
+            )
+
+    @property
+    def trainable(self):
+        return keras.layers.Layer.trainable.fget(self)
+
+    @trainable.setter
+    def trainable(self, value):
+        # Keras propagates `trainable` to every variable; the base weights of
+        # a FLix layer stay frozen whatever the flag.
+        keras.layers.Layer.trainable.fset(self, value)
+        if self.built:
+            self._freeze_base()
+
+    def __call__(self, inputs, *args, feature_ids=None, **kwargs):
+        if feature_ids is None:
+            feature_ids = current_feature_ids()
+        if feature_ids is None:
+            raise ValueError(
+                f"{type(self).__name__} '{self.name}' was called without "
+                "feature ids. Pass `feature_ids=` to the layer, call it "
+                "inside `keras_flix.feature_scope(feature_ids)`, or call the "
+                "model returned by `keras_flix.retrofit` with a "
+                "'feature_ids' input."
+            )
+        batch_size = getattr(inputs, "shape", (None,))[0]
+        feature_ids = standardize_feature_ids(
+            feature_ids,
+            self.schema,
+            batch_size=batch_size,
+            owner=f"{type(self).__name__} '{self.name}'",
+        )
+        return super().__call__(inputs, *args, feature_ids=feature_ids, **kwargs)
+
+    def _adapter_delta(self, inputs, feature_ids, equations, kernel_shape):
+        """The summed low-rank updates of each example's active features."""
+        contracted = [kernel_shape[a] for a in equations.contracted_axes]
+        outputs = [kernel_shape[a] for a in equations.output_axes]
+        a_parts, b_parts, gate_parts = [], [], []
+        for column, feature_type in enumerate(self.schema.feature_types):
+            ids = feature_ids[:, column]
+            num_values = self.schema.num_values[feature_type]
+            present = ops.greater_equal(ids, 0)
+            valid = ops.logical_and(
+                ops.greater_equal(ids, -1), ops.less(ids, num_values)
+            )
+            rows = ops.where(ops.logical_and(present, valid), ids, 0)
+            a_parts.append(ops.take(self.adapter_a[feature_type], rows, axis=0))
+            b_parts.append(ops.take(self.adapter_b[feature_type], rows, axis=0))
+            gate = ops.where(
+                valid,
+                ops.where(present, self.scales[feature_type], 0.0),
+                math.nan,
+            )
+            gate_parts.append(
+                ops.repeat(ops.expand_dims(gate, -1), self.rank[feature_type], -1)
+            )
+        total_rank = sum(self.rank.values())
+        dtype = inputs.dtype
+        a = ops.cast(_concat(a_parts, axis=-1), dtype)
+        b = ops.cast(_concat(b_parts, axis=1), dtype)
+        gate = ops.cast(_concat(gate_parts, axis=-1), dtype)
+        a = ops.reshape(a, (-1, *contracted, total_rank))
+        b = ops.reshape(b, (-1, total_rank, *outputs))
+        low_rank = ops.einsum(equations.down, inputs, a)
+        gate = ops.reshape(
+            gate, (-1,) + (1,) * (equations.activation_rank - 2) + (total_rank,)
+        )
+        return ops.einsum(equations.up, ops.multiply(low_rank, gate), b)
+
+    def enable_lora(self, *args, **kwargs):
+        raise NotImplementedError(
+            f"{type(self).__name__} '{self.name}' already carries FLix "
+            "adapters; Keras LoRA cannot be enabled on top of them."
+        )
+
+    def quantize(self, *args, **kwargs):
+        raise NotImplementedError(
+            f"{type(self).__name__} '{self.name}' cannot be quantized: Keras' "
+            "quantized call paths bypass the FLix adapters. Merge the "
+            "adapters first (`keras_flix.merge`), then quantize."
+        )
+
+    def save_own_variables(self, store):
+        if not self.built:
+            return
+        for i, variable in enumerate(self._base_variables()):
+            store[str(i)] = variable
+        for variable in self.adapter_variables:
+            store[variable.name] = variable
+
+    def load_own_variables(self, store):
+        if not self.built:
+            return
+        base = {str(i): v for i, v in enumerate(self._base_variables())}
+        named = {v.name: v for v in self.adapter_variables}
+        expected = {**base, **named}
+        missing = sorted(set(expected) - set(store.keys()))
+        extra = sorted(set(store.keys()) - set(expected))
+        if missing or extra:
+            raise ValueError(
+                f"Layer '{self.name}' expected saved variables "
+                f"{sorted(expected)} but found {sorted(store.keys())} "
+                f"(missing {missing}, unexpected {extra})."
+            )
+        for key, variable in expected.items():
+            value = store[key]
+            if tuple(value.shape) != tuple(variable.shape):
+                raise ValueError(
+                    f"Layer '{self.name}': saved variable '{key}' has shape "
+                    f"{tuple(value.shape)}, expected {tuple(variable.shape)}."
+                )
+        for key, variable in expected.items():
+            variable.assign(store[key])
+
+    def _adapter_config(self):
+        return {
+            "schema": self.schema.get_config(),
+            "rank": dict(self.rank),
+            "alpha": dict(self.alpha),
+            "a_initializer": keras.initializers.serialize(self.a_initializer.base),
+            "b_initializer": keras.initializers.serialize(self.b_initializer),
+        }
+
+
+def _concat(parts, axis):
+    return parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=axis)
+
+
+def reject_base_options(layer_name, kwargs):
+    """Raises if `kwargs` enable Keras LoRA or quantization on a FLix layer."""
+    for option in ("lora_rank", "lora_alpha", "quantization_config"):
+        if kwargs.pop(option, None) is not None:
+            raise ValueError(
+                f"{layer_name} does not take `{option}`: Keras LoRA and "
+                "quantization bypass the FLix adapters."
+            )

@@ -1,0 +1,105 @@
+"""`FLixEinsumDense`: a frozen `EinsumDense` plus per-feature low-rank updates."""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_flix.src.layers.adapter_equations import adapter_equations
+from keras_flix.src.layers.flix_adapter import FLixAdapter
+from keras_flix.src.layers.flix_adapter import reject_base_options
+
+
+@keras.saving.register_keras_serializable(package="keras_flix")
+class FLixEinsumDense(FLixAdapter, keras.layers.EinsumDense):
+    """An `EinsumDense` whose frozen kernel each example adapts by its features.
+
+    The adapters treat the kernel as the matrix `[d_in, d_out]`: `d_in` is the
+    product of the kernel axes contracted with the input, `d_out` the product
+    of the kernel axes that reach the output, each flattened in kernel order.
+    An example with feature ids `f` computes the base equation with the kernel
+
+        W0 + sum_t s_t * reshape(A_t[f_t] @ B_t[f_t])
+
+    where `reshape` views `[d_in, d_out]` as `[*contracted, *outputs]` and
+    moves the axes to the kernel's order. The first input axis must be the
+    batch axis and reach the output; every equation of the attention and
+    feed-forward projections of KerasHub's BERT, XLM-RoBERTa, GPT-2, Gemma,
+    Llama and T5 qualifies. An equation that cannot carry a per-example
+    adapter (a kernel broadcast over input axes, an axis summed away, the
+    batch axis contracted) raises a `ValueError` when the layer is built.
+
+    Args:
+        equation, output_shape: as for `keras.layers.EinsumDense`.
+        schema: the `keras_flix.FeatureSchema` of the features.
+        rank: adapter rank, an int or a dict from feature type to int.
+        alpha: scale numerator, `None` (equal to the rank), a number, or a
+            dict from feature type to number.
+        a_initializer: initializer of one value's `A` matrix (`[d_in, r]`).
+        b_initializer: initializer of `B` (zeros by default).
+        **kwargs: every other argument of `keras.layers.EinsumDense`, except
+            `lora_rank` and `quantization_config`.
+
+    Call arguments:
+        inputs: the input tensor; its first axis is the batch.
+        feature_ids: int32 tensor `[batch, len(schema.feature_types)]`; when
+            omitted, the ids of the enclosing `keras_flix.feature_scope`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> import keras_flix as kf
+    >>> schema = kf.FeatureSchema({"language": ["en", "sw"]})
+    >>> query = kf.layers.FLixEinsumDense(
+    ...     "abc,cde->abde", output_shape=(None, 2, 4), schema=schema, rank=2)
+    >>> ids = schema.encode([{"language": "en"}, {"language": "sw"}])
+    >>> tuple(query(np.ones((2, 5, 8), "float32"), feature_ids=ids).shape)
+    (2, 5, 2, 4)
+    """
+
+    base_layer_class = keras.layers.EinsumDense
+
+    def __init__(
+        self,
+        equation,
+        output_shape,
+        schema,
+        rank=8,
+        alpha=None,
+        a_initializer="he_uniform",
+        b_initializer="zeros",
+        **kwargs,
+    ):
+        reject_base_options(type(self).__name__, kwargs)
+        super().__init__(equation, output_shape, **kwargs)
+        self._init_adapter(schema, rank, alpha, a_initializer, b_initializer)
+
+    def build(self, input_shape):
+        # Validate the equation before creating any variable.
+        self._equations = adapter_equations(self.equation, len(input_shape))
+        if self._adopt_base():
+            self.input_spec = keras.InputSpec(ndim=len(input_shape))
+        else:
+            super().build(input_shape)
+        kernel_shape = self._kernel.shape
+        self._build_adapters(
+            math.prod(kernel_shape[a] for a in self._equations.contracted_axes),
+            math.prod(kernel_shape[a] for a in self._equations.output_axes),
+        )
+
+    def call(self, inputs, feature_ids=None, training=None):
+        x = ops.einsum(self.equation, inputs, self.kernel)
+        x = ops.add(
+            x,
+            self._adapter_delta(
+                inputs, feature_ids, self._equations, self._kernel.shape
+            ),
+        )
+        if self.bias is not None:
+            x = ops.add(x, self.bias)
+        if self.activation is not None:
+            x = self.activation(x)
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), **self._adapter_config()}
