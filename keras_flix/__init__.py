@@ -3,15 +3,25 @@
 from keras_flix import layers
 from keras_flix.src.feature_scope import current_feature_ids
 from keras_flix.src.feature_scope import feature_scope
+from keras_flix.src.flix_model import FEATURE_IDS_KEY
+from keras_flix.src.flix_model import INPUTS_KEY
+from keras_flix.src.flix_model import FLixModel
+from keras_flix.src.retrofit import retrofit
 from keras_flix.src.schema import ABSENT
 from keras_flix.src.schema import FeatureSchema
+from keras_flix.src.summary import summary
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ABSENT",
+    "FEATURE_IDS_KEY",
+    "FLixModel",
     "FeatureSchema",
+    "INPUTS_KEY",
     "current_feature_ids",
     "feature_scope",
     "layers",
+    "retrofit",
+    "summary",
 ]

@@ -251,6 +251,10 @@ class FLixAdapter:
     def __call__(self, inputs, *args, feature_ids=None, **kwargs):
         if feature_ids is None:
             feature_ids = current_feature_ids()
+        if feature_ids is None and isinstance(inputs, keras.KerasTensor):
+            # Symbolic calls (Functional model construction) only compute
+            # shapes; the ids arrive through the scope when the graph runs.
+            return super().__call__(inputs, *args, **kwargs)
         if feature_ids is None:
             raise ValueError(
                 f"{type(self).__name__} '{self.name}' was called without "

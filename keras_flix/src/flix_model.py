@@ -1,0 +1,235 @@
+"""`FLixModel`: a retrofitted model that takes feature ids with its inputs."""
+
+import re
+
+import keras
+
+from keras_flix.src.adapters import add_adapters
+from keras_flix.src.adapters import flix_layers
+from keras_flix.src.adapters import match_layers
+from keras_flix.src.adapters import resolve_targets
+from keras_flix.src.feature_ids import standardize_feature_ids
+from keras_flix.src.feature_scope import feature_scope
+from keras_flix.src.hub import PipelineModel
+from keras_flix.src.layers.feature_dropout import FeatureDropout
+from keras_flix.src.schema import FeatureSchema
+
+FEATURE_IDS_KEY = "feature_ids"
+"""The input key that carries feature ids."""
+
+INPUTS_KEY = "inputs"
+"""The input key that carries a base model's non-dict inputs."""
+
+
+def split_feature_ids(inputs, owner):
+    """Splits a FLix model's inputs into the base inputs and the feature ids.
+
+    A FLix model takes a dict: the base model's dict inputs plus
+    `"feature_ids"`, or `{"inputs": <the base model's inputs>,
+    "feature_ids": ...}` when the base model's inputs are not a dict.
+
+    Args:
+        inputs: the FLix model's inputs.
+        owner: who received them, for error messages.
+
+    Returns:
+        `(base_inputs, feature_ids)`.
+    """
+    if not isinstance(inputs, dict) or FEATURE_IDS_KEY not in inputs:
+        received = (
+            f"a dict with keys {sorted(inputs)}"
+            if isinstance(inputs, dict)
+            else f"a {type(inputs).__name__}"
+        )
+        raise ValueError(
+            f"{owner} expects a dict of inputs with a '{FEATURE_IDS_KEY}' "
+            "entry (int32, [batch, n_feature_types]): the base model's dict "
+            f"inputs plus '{FEATURE_IDS_KEY}', or {{'{INPUTS_KEY}': x, "
+            f"'{FEATURE_IDS_KEY}': ids}} for non-dict inputs. Received "
+            f"{received}. `keras_flix.data.tag` adds the ids to a dataset."
+        )
+    base_inputs = {k: v for k, v in inputs.items() if k != FEATURE_IDS_KEY}
+    if set(base_inputs) == {INPUTS_KEY}:
+        base_inputs = base_inputs[INPUTS_KEY]
+    return base_inputs, inputs[FEATURE_IDS_KEY]
+
+
+def join_feature_ids(inputs, feature_ids):
+    """The inverse of `split_feature_ids`."""
+    if isinstance(inputs, dict):
+        return {**inputs, FEATURE_IDS_KEY: feature_ids}
+    return {INPUTS_KEY: inputs, FEATURE_IDS_KEY: feature_ids}
+
+
+@keras.saving.register_keras_serializable(package="keras_flix")
+class FLixModel(PipelineModel):
+    """A model whose FLix layers take each example's features as input.
+
+    Built by `keras_flix.retrofit`; it wraps the adapted base model, reads
+    the feature ids from its inputs, applies feature dropout in training and
+    runs the base model inside a `feature_scope`. With a KerasHub `Task` as
+    base model, `fit`, `evaluate` and `predict` run the task's preprocessor
+    on the base inputs and carry the ids past it.
+
+    Public attributes of the base model (e.g. `backbone`, `preprocessor`)
+    are reachable on the FLix model.
+
+    Args:
+        base_model: the model whose target layers are FLix layers already.
+        schema: the `FeatureSchema`.
+        rank, alpha, a_initializer, b_initializer: the adapter settings the
+            FLix layers were built with.
+        target_layers: the paths of the FLix layers.
+        feature_dropout: feature dropout rate, a float or per-type dict.
+        train_also: names, paths or regexes of layers left trainable.
+        seed: seed of the feature dropout.
+        **kwargs: `keras.Model` arguments (e.g. `name`).
+    """
+
+    def __init__(
+        self,
+        base_model,
+        schema,
+        rank,
+        alpha,
+        target_layers,
+        feature_dropout=0.0,
+        train_also=(),
+        seed=None,
+        a_initializer="he_uniform",
+        b_initializer="zeros",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.base_model = base_model
+        self.schema = schema
+        self.feature_dropout = FeatureDropout(
+            schema, feature_dropout, seed=seed, name="feature_dropout"
+        )
+        self._settings = {
+            "rank": rank,
+            "alpha": alpha,
+            "target_layers": list(target_layers),
+            "train_also": [train_also] if isinstance(train_also, str) else list(train_also),
+            "seed": seed,
+            "a_initializer": keras.initializers.serialize(
+                keras.initializers.get(a_initializer)
+            ),
+            "b_initializer": keras.initializers.serialize(
+                keras.initializers.get(b_initializer)
+            ),
+        }
+        object.__setattr__(self, "_flix_ready", True)
+        self._apply_trainability()
+        self.built = True
+
+    @property
+    def preprocessor(self):
+        """The base model's preprocessor, or `None`."""
+        return getattr(self.base_model, "preprocessor", None)
+
+    @property
+    def flix_layers(self):
+        """The FLix layers of the model, in model order."""
+        return flix_layers(self.base_model)
+
+    @property
+    def trainable(self):
+        return keras.Model.trainable.fget(self)
+
+    @trainable.setter
+    def trainable(self, value):
+        # Keras makes every variable trainable again; keep the base frozen.
+        keras.Model.trainable.fset(self, value)
+        if value and self.__dict__.get("_flix_ready"):
+            self._apply_trainability()
+
+    def _apply_trainability(self):
+        """Freezes everything but the adapters and the `train_also` layers.
+
+        Freezing happens at the variables, not at the layers: a frozen
+        container would hide the trainable adapters inside it.
+        """
+        self.base_model.trainable = True
+        keep = {
+            id(v) for layer in self.flix_layers for v in layer.adapter_variables
+        }
+        matches = match_layers(
+            self.base_model, self._settings["train_also"], "train_also"
+        )
+        for pattern, layers in matches.items():
+            if not layers:
+                raise ValueError(
+                    f"`train_also` pattern {pattern!r} matches no layer of "
+                    f"'{self.base_model.name}'."
+                )
+            keep.update(id(v) for layer in layers for v in layer.trainable_variables)
+        for variable in self.base_model.trainable_variables:
+            if id(variable) not in keep:
+                variable.trainable = False
+
+    def call(self, inputs, training=None):
+        owner = f"FLix model '{self.name}'"
+        inputs, feature_ids = split_feature_ids(inputs, owner)
+        batch_size = getattr(keras.tree.flatten(inputs)[0], "shape", (None,))[0]
+        feature_ids = standardize_feature_ids(
+            feature_ids, self.schema, batch_size=batch_size, owner=owner
+        )
+        feature_ids = self.feature_dropout(feature_ids, training=training)
+        with feature_scope(feature_ids):
+            return self.base_model(inputs, training=training)
+
+    def preprocess_samples(self, x, y=None, sample_weight=None):
+        if self.preprocessor is None:
+            return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
+        raw, feature_ids = split_feature_ids(x, f"FLix model '{self.name}'")
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(
+            self.base_model.preprocess_samples(raw, y, sample_weight)
+        )
+        return keras.utils.pack_x_y_sample_weight(
+            join_feature_ids(x, feature_ids), y, sample_weight
+        )
+
+    def __getattr__(self, name):
+        # torch.nn.Module keeps sublayers out of `__dict__` and finds them here.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            pass
+        if name.startswith("_") or name == "base_model":
+            raise AttributeError(name)
+        return getattr(self.base_model, name)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            base_model=keras.saving.serialize_keras_object(self.base_model),
+            schema=self.schema.get_config(),
+            feature_dropout=dict(self.feature_dropout.rate),
+            **self._settings,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        base_model = keras.saving.deserialize_keras_object(
+            config.pop("base_model"), custom_objects=custom_objects
+        )
+        schema = FeatureSchema.from_config(config.pop("schema"))
+        targets = resolve_targets(
+            base_model,
+            [re.escape(path) for path in config["target_layers"]],
+            required=True,
+            allow_adapted=True,
+        )
+        add_adapters(
+            base_model,
+            targets,
+            schema,
+            rank=config["rank"],
+            alpha=config["alpha"],
+            a_initializer=config["a_initializer"],
+            b_initializer=config["b_initializer"],
+        )
+        return cls(base_model, schema, **config)

@@ -1,0 +1,185 @@
+"""`retrofit`: turn a Keras or KerasHub model into a FLix model."""
+
+import os
+import tempfile
+
+import keras
+
+from keras_flix.src.adapters import add_adapters
+from keras_flix.src.adapters import flix_layers
+from keras_flix.src.adapters import match_layers
+from keras_flix.src.adapters import resolve_targets
+from keras_flix.src.flix_model import FLixModel
+from keras_flix.src.hub import Backbone
+from keras_flix.src.hub import Task
+from keras_flix.src.layers.feature_dropout import FeatureDropout
+from keras_flix.src.layers.flix_adapter import per_type
+from keras_flix.src.schema import FeatureSchema
+
+
+def retrofit(
+    model,
+    schema,
+    rank=8,
+    alpha=None,
+    target_layers=None,
+    feature_dropout=0.0,
+    train_also=(),
+    *,
+    copy=False,
+    seed=None,
+    a_initializer="he_uniform",
+    b_initializer="zeros",
+):
+    """Adds FLix adapters to a model's projections.
+
+    Every target `Dense` / `EinsumDense` layer is replaced by a `FLixDense` /
+    `FLixEinsumDense` that shares its (now frozen) kernel and bias and owns
+    one low-rank adapter per feature value. Right after `retrofit` the model
+    computes exactly what it computed before, for any feature ids (the `B`
+    adapters start at zero).
+
+    By default the model is modified **in place**, like Keras'
+    `enable_lora`: its target layers become FLix layers, so calling the
+    original model object without feature ids raises an error instead of
+    silently computing something else. Pass `copy=True` to adapt a copy
+    (through a `.keras` round trip) and leave `model` untouched.
+
+    Args:
+        model: a KerasHub `Backbone`, a KerasHub `Task` (e.g.
+            `TextClassifier`, `CausalLM`), or any built Keras model with
+            `Dense` / `EinsumDense` layers.
+        schema: the `keras_flix.FeatureSchema`.
+        rank: adapter rank, an int or a dict from feature type to int.
+        alpha: scale numerator (`None`: equal to the rank), a number or a
+            dict from feature type to number. The scale is `alpha / rank`.
+        target_layers: names, paths or regular expressions (full match) of the
+            layers to adapt. Default: the backbone's
+            `default_lora_layer_names()` (query and value projections).
+            Each given pattern must match a layer.
+        feature_dropout: probability of dropping each feature of each
+            example in training, a float or a dict from feature type to
+            float.
+        train_also: names, paths or regexes of further layers to keep
+            trainable (e.g. a task head); everything else is frozen.
+        copy: adapt a copy instead of `model` itself.
+        seed: seed of the feature dropout.
+        a_initializer: initializer of each value's `A` matrix.
+        b_initializer: initializer of each value's `B` matrix.
+
+    Returns:
+        A `keras_flix.FLixModel`. Its inputs are the model's inputs plus
+        `"feature_ids"`: a dict of the model's dict inputs and
+        `"feature_ids"`, or `{"inputs": x, "feature_ids": ids}` when the
+        model's inputs are not a dict.
+
+    Example:
+
+    >>> import numpy as np
+    >>> import keras_hub
+    >>> import keras_flix as kf
+    >>> backbone = keras_hub.models.BertBackbone(
+    ...     vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=16,
+    ...     intermediate_dim=32, max_sequence_length=8)
+    >>> schema = kf.FeatureSchema({"language": ["en", "sw"], "task": ["qa"]})
+    >>> model = kf.retrofit(backbone, schema, rank=4)
+    >>> outputs = model({
+    ...     "token_ids": np.ones((2, 8), "int32"),
+    ...     "segment_ids": np.zeros((2, 8), "int32"),
+    ...     "padding_mask": np.ones((2, 8), "int32"),
+    ...     "feature_ids": schema.encode([{"language": "sw"}, {"task": "qa"}]),
+    ... })
+    >>> tuple(outputs["pooled_output"].shape)
+    (2, 16)
+    """
+    if isinstance(model, FLixModel):
+        raise ValueError(
+            f"'{model.name}' is a FLix model already; retrofit its "
+            "`base_model` only if you mean to start over."
+        )
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"`model` must be a Keras model. Received: {type(model).__name__}"
+        )
+    if not isinstance(schema, FeatureSchema):
+        raise TypeError(
+            "`schema` must be a keras_flix.FeatureSchema. Received: "
+            f"{type(schema).__name__}"
+        )
+    if not model.built:
+        raise ValueError(
+            f"Model '{model.name}' is not built; call it once or build it "
+            "before retrofitting."
+        )
+    if flix_layers(model):
+        raise ValueError(
+            f"Model '{model.name}' already holds FLix layers (was it "
+            "retrofitted in place before?). Retrofit a fresh model, or use "
+            "the FLix model returned the first time."
+        )
+    # Check every setting before the model is touched.
+    per_type(rank, schema, "rank", int)
+    per_type(rank if alpha is None else alpha, schema, "alpha", float)
+    FeatureDropout(schema, feature_dropout)
+    if train_also:
+        for pattern, layers in match_layers(model, train_also, "train_also").items():
+            if not layers:
+                raise ValueError(
+                    f"`train_also` pattern {pattern!r} matches no layer of "
+                    f"'{model.name}'."
+                )
+    if target_layers is None:
+        target_layers = _default_target_layers(model)
+        required = False
+    else:
+        required = True
+    targets = resolve_targets(model, target_layers, required=required)
+
+    if copy:
+        model = _copy_model(model)
+        targets = resolve_targets(
+            model, [layer.path for layer in targets], required=True
+        )
+    adapted = add_adapters(
+        model,
+        targets,
+        schema,
+        rank=rank,
+        alpha=alpha,
+        a_initializer=a_initializer,
+        b_initializer=b_initializer,
+    )
+    return FLixModel(
+        model,
+        schema,
+        rank=rank,
+        alpha=alpha,
+        target_layers=[layer.path for layer in adapted],
+        feature_dropout=feature_dropout,
+        train_also=train_also,
+        seed=seed,
+        a_initializer=a_initializer,
+        b_initializer=b_initializer,
+        name=f"flix_{model.name}",
+    )
+
+
+def _default_target_layers(model):
+    backbone = model if isinstance(model, Backbone) else None
+    if isinstance(model, Task):
+        backbone = model.backbone
+    if backbone is None:
+        raise ValueError(
+            f"Model '{model.name}' is not a KerasHub Backbone or Task, so it "
+            "has no default target layers; pass `target_layers` (layer "
+            "names, paths or regular expressions)."
+        )
+    return backbone.default_lora_layer_names()
+
+
+def _copy_model(model):
+    """A deep copy of `model`, weights and assets included."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "model.keras")
+        model.save(path)
+        return keras.saving.load_model(path)

@@ -1,0 +1,116 @@
+"""Replacing one layer by another inside a built Keras model, in place.
+
+A layer can be referenced from several places at once: an attribute of its
+parent (in `__dict__`, or in `torch.nn.Module._modules` on the torch backend),
+a list or dict attribute, the parent's layer tracker, and, for a Functional
+model, the graph's nodes and operation lists. Every reference is redirected,
+so the old layer leaves the model (its weights with it) and the new one is
+saved, trained and called in its place.
+"""
+
+import keras
+
+from keras_flix.src.backend_utils import refresh_parameter_registry
+
+
+def all_layers(model):
+    """Every layer under `model` (itself included), each once."""
+    return model._flatten_layers(include_self=True, recursive=True)
+
+
+def replace_layer(model, old, new):
+    """Replaces every reference to `old` under `model` by `new`.
+
+    Args:
+        model: the root layer or model.
+        old: a layer inside `model`.
+        new: the layer to put in its place.
+
+    Raises:
+        ValueError: if `old` is not referenced anywhere under `model`.
+    """
+    replaced = False
+    for container in all_layers(model):
+        if container is old:
+            continue
+        tracker = getattr(container, "_tracker", None)
+        was_locked = tracker is not None and tracker.locked
+        if tracker is not None:
+            tracker.unlock()
+            if tracker.is_in_store("layers", old):
+                tracker.replace_tracked_value("layers", old, new)
+                replaced = True
+        try:
+            replaced |= _replace_in_attributes(container, old, new)
+            replaced |= _replace_in_graph(container, old, new)
+        finally:
+            if was_locked:
+                tracker.lock()
+    if not replaced:
+        raise ValueError(f"Layer '{old.name}' was not found in '{model.name}'.")
+
+
+def refresh_parameter_registries(model):
+    """Re-registers variables with every layer's framework module."""
+    for layer in all_layers(model):
+        refresh_parameter_registry(layer)
+
+
+def _attributes(container):
+    attributes = dict(vars(container))
+    # On the torch backend sublayers live in `torch.nn.Module._modules`.
+    attributes.update(getattr(container, "_modules", None) or {})
+    return attributes
+
+
+def _replace_in_attributes(container, old, new):
+    replaced = False
+    for name, value in _attributes(container).items():
+        if value is old:
+            setattr(container, name, new)
+            replaced = True
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if item is old:
+                    value[i] = new
+                    replaced = True
+        elif isinstance(value, dict):
+            for key, item in list(value.items()):
+                if item is old:
+                    value[key] = new
+                    replaced = True
+    return replaced
+
+
+def _replace_in_graph(container, old, new):
+    """Rewires the nodes of a Functional model that call `old`."""
+    operations = getattr(container, "_operations", None)
+    if operations is None or not any(op is old for op in operations):
+        return False
+    container._operations[:] = [new if op is old else op for op in operations]
+    for depth, ops_at_depth in container._operations_by_depth.items():
+        container._operations_by_depth[depth] = [
+            new if op is old else op for op in ops_at_depth
+        ]
+    new._inbound_nodes = old._inbound_nodes
+    new._outbound_nodes = old._outbound_nodes
+    for node in old._inbound_nodes:
+        node.operation = new
+        for tensor in node.outputs:
+            history = tensor._keras_history
+            if history.operation is old:
+                tensor._keras_history = history._replace(operation=new)
+    return True
+
+
+def path_of(layer):
+    """The layer's path, or its name for a layer built outside any scope."""
+    return layer.path or layer.name
+
+
+def check_is_layer(model, argument="model"):
+    if not isinstance(model, keras.layers.Layer):
+        raise TypeError(
+            f"`{argument}` must be a Keras model or layer. Received: "
+            f"{type(model).__name__}"
+        )
