@@ -176,6 +176,27 @@ class FeatureSchema:
                     f"[0, {len(values) - 1}]."
                 )
 
+    def encode_checked(self, feature_ids):
+        """One combination's ids, checked, as a tuple of Python ints.
+
+        Args:
+            feature_ids: a dict of feature values, or a sequence of
+                `len(feature_types)` ids.
+
+        Returns:
+            A tuple of ints, one per feature type (`-1` = absent).
+        """
+        if isinstance(feature_ids, Mapping):
+            return tuple(int(i) for i in self.encode(feature_ids))
+        ids = np.asarray(feature_ids)
+        if ids.ndim != 1:
+            raise ValueError(
+                "Expected one combination: a dict of feature values or "
+                f"{len(self._values)} ids. Received shape {ids.shape}."
+            )
+        self.check_ids(ids)
+        return tuple(int(i) for i in ids)
+
     def _encode_one(self, features):
         if not isinstance(features, Mapping):
             raise TypeError(

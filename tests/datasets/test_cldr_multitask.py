@@ -144,7 +144,9 @@ def test_training_coverage(rows):
 
 
 def test_no_evaluation_text_is_in_train(rows):
-    train_keys = {(row["task"], _key(row["text"])) for row in rows if row["split"] == "train"}
+    train_keys = {
+        (row["task"], _key(row["text"])) for row in rows if row["split"] == "train"
+    }
     leaked = [
         row
         for row in rows
@@ -166,7 +168,7 @@ def test_info_counts_match_rows(rows):
     info = cldr.info()
     assert info["counts"]["total"] == len(rows)
     by_split = collections.Counter(row["split"] for row in rows)
-    assert info["counts"]["by_split"] == {split: by_split[split] for split in cldr.SPLITS}
+    assert info["counts"]["by_split"] == {s: by_split[s] for s in cldr.SPLITS}
     by_cell = collections.Counter((r["language"], r["task"], r["split"]) for r in rows)
     for cell in info["grid"]:
         for split, count in cell["counts"].items():

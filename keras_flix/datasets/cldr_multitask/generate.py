@@ -82,8 +82,8 @@ CELL_CAP = 600
 # Quantities with fewer units cannot be split 70/10/20 by unit.
 MIN_UNITS_PER_QUANTITY = 5
 
-# CLDR releases approved and contributed data by default; provisional and
-# unconfirmed values are often unreviewed machine or placeholder entries.
+# The CLDR default coverage: approved and contributed values. Provisional and
+# unconfirmed values have not collected enough votes to be considered reviewed.
 ACCEPTED_DRAFT_STATUSES = frozenset({None, "approved", "contributed"})
 INHERITANCE_MARKERS = ("↑↑↑", "∅∅∅")
 SKIN_TONE_MODIFIERS = range(0x1F3FB, 0x1F400)
@@ -582,12 +582,15 @@ def validate(grid: list[dict]) -> None:
             raise AssertionError(f"non-supervised cell has training data: {cell}")
         if counts["test"] == 0:
             raise AssertionError(f"cell without test data: {cell}")
-    for language in LANGUAGES:
-        if language in UNSEEN_LANGUAGES:
-            continue
+    seen = [language for language in LANGUAGES if language not in UNSEEN_LANGUAGES]
+    for language in seen:
         trained = sum(c["counts"]["train"] for c in grid if c["language"] == language)
         if trained == 0:
             raise AssertionError(f"seen language {language} has no training data")
+    for task in TASKS:
+        trained = sum(c["counts"]["train"] > 0 for c in grid if c["task"] == task)
+        if trained < len(seen) // 2:
+            raise AssertionError(f"{task} is trained in only {trained} languages")
     heldout_share = sum(c["kind"] == "heldout_combination" for c in grid) / len(grid)
     if heldout_share < 0.2:
         raise AssertionError(f"only {heldout_share:.0%} of cells are held out")
@@ -681,8 +684,8 @@ def build_dataset(cldr_dir: Path, emoji_test: Path) -> dict[str, bytes]:
         "heldout_cells": [list(cell) for cell in heldout_cells()],
         "split_rule": {
             "percentages": SPLIT_PERCENTAGES,
-            "unit": "concept (emoji, territory code, unit type, currency code), "
-            "stratified by label, ranked by SHA-256",
+            "unit": "concept (base emoji, territory code, unit type, currency "
+            "family), stratified by label, ranked by SHA-256",
             "cell_cap": CELL_CAP,
             "non_supervised_cells": "all capped examples are test",
             "leak_filter": "dev/test rows whose case-folded NFKC text occurs in "
@@ -712,17 +715,33 @@ def main(argv: list[str] | None = None) -> int:
         argv: Arguments without the program name; defaults to sys.argv[1:].
 
     Returns:
-        Process exit status: 0 on success, 1 if --check found differences.
+        Process exit status: 0 on success, 1 if --check found differences,
+        2 if the source files are missing.
     """
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cldr-dir", type=Path, default=DEFAULT_CLDR_DIR,
-                        help="CLDR 'common' directory (default: %(default)s)")
-    parser.add_argument("--emoji-test", type=Path, default=DEFAULT_EMOJI_TEST,
-                        help="emoji-test.txt (default: %(default)s)")
-    parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR,
-                        help="dataset directory (default: %(default)s)")
-    parser.add_argument("--check", action="store_true",
-                        help="verify the committed files instead of writing them")
+    parser.add_argument(
+        "--cldr-dir",
+        type=Path,
+        default=DEFAULT_CLDR_DIR,
+        help="CLDR 'common' directory (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--emoji-test",
+        type=Path,
+        default=DEFAULT_EMOJI_TEST,
+        help="emoji-test.txt (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=DEFAULT_OUTPUT_DIR,
+        help="dataset directory (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="verify that the files in --output-dir match instead of writing",
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -739,8 +758,10 @@ def main(argv: list[str] | None = None) -> int:
             or (args.output_dir / path).read_bytes() != content
         ]
         if different:
-            print("differs from regenerated output: " + ", ".join(different),
-                  file=sys.stderr)
+            print(
+                "differs from the regenerated output: " + ", ".join(different),
+                file=sys.stderr,
+            )
             return 1
         print(f"OK: {len(files)} files reproduced byte-for-byte")
         return 0

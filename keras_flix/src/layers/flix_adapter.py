@@ -308,6 +308,36 @@ class FLixAdapter:
         )
         return ops.einsum(equations.up, ops.multiply(low_rank, gate), b)
 
+    def merged_kernel(self, feature_ids):
+        """The kernel of one feature combination, adapters folded in.
+
+        Args:
+            feature_ids: int sequence of length `len(schema.feature_types)`,
+                one combination (`-1` = absent).
+
+        Returns:
+            `W0 + sum_t s_t * reshape(A_t[f_t] @ B_t[f_t])` as a tensor of the
+            base kernel's shape and dtype.
+        """
+        ids = self.schema.encode_checked(feature_ids)
+        contracted_axes, output_axes = self.kernel_axes
+        kernel_shape = tuple(self._kernel.shape)
+        permuted_shape = [kernel_shape[a] for a in contracted_axes + output_axes]
+        inverse = [0] * len(kernel_shape)
+        for position, axis in enumerate(contracted_axes + output_axes):
+            inverse[axis] = position
+        kernel = ops.convert_to_tensor(self._kernel)
+        for feature_type, value in zip(self.schema.feature_types, ids):
+            if value < 0:
+                continue
+            update = ops.matmul(
+                self.adapter_a[feature_type][value],
+                self.adapter_b[feature_type][value],
+            ) * self.scales[feature_type]
+            update = ops.transpose(ops.reshape(update, permuted_shape), inverse)
+            kernel = kernel + ops.cast(update, kernel.dtype)
+        return kernel
+
     def enable_lora(self, *args, **kwargs):
         raise NotImplementedError(
             f"{type(self).__name__} '{self.name}' already carries FLix "

@@ -80,6 +80,11 @@ class FLixDense(FLixAdapter, keras.layers.Dense):
             super().build(input_shape)
         self._build_adapters(self._kernel.shape[0], self.units)
 
+    @property
+    def kernel_axes(self):
+        """`(contracted_axes, output_axes)` of the kernel: `((0,), (1,))`."""
+        return (0,), (1,)
+
     def call(self, inputs, feature_ids=None, training=None):
         x = ops.matmul(inputs, self.kernel)
         equations = _dense_adapter_equations(len(inputs.shape))

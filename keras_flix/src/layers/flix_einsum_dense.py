@@ -87,6 +87,11 @@ class FLixEinsumDense(FLixAdapter, keras.layers.EinsumDense):
             math.prod(kernel_shape[a] for a in self._equations.output_axes),
         )
 
+    @property
+    def kernel_axes(self):
+        """`(contracted_axes, output_axes)`: kernel axes flattened to d_in / d_out."""
+        return self._equations.contracted_axes, self._equations.output_axes
+
     def call(self, inputs, feature_ids=None, training=None):
         x = ops.einsum(self.equation, inputs, self.kernel)
         x = ops.add(
