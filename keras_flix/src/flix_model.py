@@ -10,7 +10,6 @@ from keras_flix.src.adapters import match_layers
 from keras_flix.src.adapters import resolve_targets
 from keras_flix.src.feature_ids import standardize_feature_ids
 from keras_flix.src.feature_scope import feature_scope
-from keras_flix.src.hub import PipelineModel
 from keras_flix.src.layers.feature_dropout import FeatureDropout
 from keras_flix.src.schema import FeatureSchema
 
@@ -54,6 +53,13 @@ def split_feature_ids(inputs, owner):
     return base_inputs, inputs[FEATURE_IDS_KEY]
 
 
+def _unpack(data):
+    """`(x, y, sample_weight)` from a dataset element or a `(x, ...)` tuple."""
+    if isinstance(data, tuple) and len(data) == 1:
+        data = data[0]
+    return keras.utils.unpack_x_y_sample_weight(data)
+
+
 def join_feature_ids(inputs, feature_ids):
     """The inverse of `split_feature_ids`."""
     if isinstance(inputs, dict):
@@ -62,14 +68,16 @@ def join_feature_ids(inputs, feature_ids):
 
 
 @keras.saving.register_keras_serializable(package="keras_flix")
-class FLixModel(PipelineModel):
+class FLixModel(keras.Model):
     """A model whose FLix layers take each example's features as input.
 
     Built by `keras_flix.retrofit`; it wraps the adapted base model, reads
     the feature ids from its inputs, applies feature dropout in training and
     runs the base model inside a `feature_scope`. With a KerasHub `Task` as
     base model, `fit`, `evaluate` and `predict` run the task's preprocessor
-    on the base inputs and carry the ids past it.
+    in a `tf.data` pipeline on the base inputs and carry the ids past it, so
+    raw inputs go in as `{"inputs": raw, "feature_ids": ids}` (or the raw
+    dict plus `"feature_ids"`).
 
     Public attributes of the base model (e.g. `backbone`, `preprocessor`)
     are reachable on the FLix model.
@@ -180,6 +188,7 @@ class FLixModel(PipelineModel):
             return self.base_model(inputs, training=training)
 
     def preprocess_samples(self, x, y=None, sample_weight=None):
+        """Runs the base model's preprocessing, carrying the ids past it."""
         if self.preprocessor is None:
             return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
         raw, feature_ids = split_feature_ids(x, f"FLix model '{self.name}'")
@@ -189,6 +198,63 @@ class FLixModel(PipelineModel):
         return keras.utils.pack_x_y_sample_weight(
             join_feature_ids(x, feature_ids), y, sample_weight
         )
+
+    def fit(self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs):
+        if self.preprocessor is None:
+            return super().fit(x, y, batch_size, sample_weight=sample_weight, **kwargs)
+        if kwargs.get("validation_split"):
+            raise ValueError(
+                "`validation_split` cannot be used with a preprocessor; pass "
+                "`validation_data` instead."
+            )
+        validation_data = kwargs.pop("validation_data", None)
+        if validation_data is not None:
+            validation_data = self._preprocessed(
+                *_unpack(validation_data), batch_size
+            )
+        return super().fit(
+            self._preprocessed(x, y, sample_weight, batch_size),
+            validation_data=validation_data,
+            **kwargs,
+        )
+
+    def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs):
+        if self.preprocessor is None or kwargs.get("_use_cached_eval_dataset"):
+            return super().evaluate(
+                x, y, batch_size, sample_weight=sample_weight, **kwargs
+            )
+        return super().evaluate(
+            self._preprocessed(x, y, sample_weight, batch_size), **kwargs
+        )
+
+    def predict(self, x, batch_size=None, **kwargs):
+        if self.preprocessor is None:
+            return super().predict(x, batch_size, **kwargs)
+        return super().predict(self._preprocessed(x, None, None, batch_size), **kwargs)
+
+    def _preprocessed(self, x, y, sample_weight, batch_size):
+        """A batched tf.data pipeline of preprocessed samples.
+
+        Like KerasHub tasks, preprocessing runs in `tf.data` (on every
+        backend), mapped over batches.
+        """
+        import tensorflow as tf
+
+        if isinstance(x, tf.data.Dataset):
+            if y is not None or sample_weight is not None or batch_size is not None:
+                raise ValueError(
+                    "When `x` is a tf.data.Dataset, pass neither `y`, "
+                    "`sample_weight` nor `batch_size`."
+                )
+            dataset = x
+        else:
+            dataset = tf.data.Dataset.from_tensor_slices(
+                keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
+            ).batch(batch_size or 32)
+        return dataset.map(
+            lambda *sample: self.preprocess_samples(*_unpack(sample)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        ).prefetch(tf.data.AUTOTUNE)
 
     def __getattr__(self, name):
         # torch.nn.Module keeps sublayers out of `__dict__` and finds them here.

@@ -44,7 +44,7 @@ def summary(model, print_fn=print):
         for feature_type, count in counts.items():
             per_type[feature_type] = per_type.get(feature_type, 0) + count
     trainable = sum(math.prod(v.shape) for v in model.trainable_variables)
-    total = sum(math.prod(v.shape) for v in model.variables)
+    total = sum(math.prod(v.shape) for v in model.weights)
     if print_fn is not None:
         types = list(per_type)
         width = max(len(path) for path in per_layer) + 2

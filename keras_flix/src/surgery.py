@@ -18,6 +18,18 @@ def all_layers(model):
     return model._flatten_layers(include_self=True, recursive=True)
 
 
+def _containers(model):
+    """Every layer under `model`, plus the Functional graphs that a
+    `Sequential` model keeps out of its tracked layers."""
+    layers = all_layers(model)
+    hidden = [
+        _attributes(layer)["_functional"]
+        for layer in layers
+        if _attributes(layer).get("_functional") is not None
+    ]
+    return layers + hidden
+
+
 def replace_layer(model, old, new):
     """Replaces every reference to `old` under `model` by `new`.
 
@@ -30,7 +42,7 @@ def replace_layer(model, old, new):
         ValueError: if `old` is not referenced anywhere under `model`.
     """
     replaced = False
-    for container in all_layers(model):
+    for container in _containers(model):
         if container is old:
             continue
         tracker = getattr(container, "_tracker", None)
@@ -41,8 +53,9 @@ def replace_layer(model, old, new):
                 tracker.replace_tracked_value("layers", old, new)
                 replaced = True
         try:
-            replaced |= _replace_in_attributes(container, old, new)
+            # The graph first: its operation lists are attributes too.
             replaced |= _replace_in_graph(container, old, new)
+            replaced |= _replace_in_attributes(container, old, new)
         finally:
             if was_locked:
                 tracker.lock()
@@ -94,7 +107,10 @@ def _replace_in_graph(container, old, new):
         ]
     new._inbound_nodes = old._inbound_nodes
     new._outbound_nodes = old._outbound_nodes
-    for node in old._inbound_nodes:
+    graph_nodes = [n for nodes in container._nodes_by_depth.values() for n in nodes]
+    for node in {id(n): n for n in graph_nodes + list(old._inbound_nodes)}.values():
+        if node.operation is not old:
+            continue
         node.operation = new
         for tensor in node.outputs:
             history = tensor._keras_history
