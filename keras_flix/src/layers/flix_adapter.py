@@ -8,6 +8,7 @@ from keras import ops
 
 from keras_flix.src.feature_ids import standardize_feature_ids
 from keras_flix.src.feature_scope import current_feature_ids
+from keras_flix.src.feature_scope import feature_scope
 from keras_flix.src.schema import FeatureSchema
 
 
@@ -263,6 +264,11 @@ class FLixAdapter:
                 "model returned by `keras_flix.retrofit` with a "
                 "'feature_ids' input."
             )
+        if isinstance(feature_ids, keras.KerasTensor):
+            # A symbolic input: wire the ids into the Functional graph.
+            return super().__call__(
+                inputs, *args, feature_ids=feature_ids, **kwargs
+            )
         batch_size = getattr(inputs, "shape", (None,))[0]
         feature_ids = standardize_feature_ids(
             feature_ids,
@@ -270,10 +276,17 @@ class FLixAdapter:
             batch_size=batch_size,
             owner=f"{type(self).__name__} '{self.name}'",
         )
-        return super().__call__(inputs, *args, feature_ids=feature_ids, **kwargs)
+        # The ids travel by scope rather than as a call argument: Keras'
+        # gradient checkpointing on TensorFlow cannot take keyword arguments.
+        with feature_scope(feature_ids):
+            return super().__call__(inputs, *args, **kwargs)
+
+    def _selected_feature_ids(self, feature_ids):
+        return current_feature_ids() if feature_ids is None else feature_ids
 
     def _adapter_delta(self, inputs, feature_ids, equations, kernel_shape):
         """The summed low-rank updates of each example's active features."""
+        feature_ids = self._selected_feature_ids(feature_ids)
         contracted = [kernel_shape[a] for a in equations.contracted_axes]
         outputs = [kernel_shape[a] for a in equations.output_axes]
         a_parts, b_parts, gate_parts = [], [], []
