@@ -219,3 +219,25 @@ def test_missing_or_bad_feature_ids_input():
         model({**x, "feature_ids": np.array([[0, 2], [0, 0]], "int32")})
     with pytest.raises(ValueError, match="must be integers"):
         model({**x, "feature_ids": np.zeros((2, 2), "float32")})
+
+
+def test_retrofit_causal_lm_task():
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=64, num_layers=2, num_heads=2, hidden_dim=32,
+        intermediate_dim=64, max_sequence_length=16,
+    )
+    causal_lm = keras_hub.models.GPT2CausalLM(backbone, preprocessor=None)
+    x = {
+        "token_ids": np.random.default_rng(0).integers(1, 64, (6, 8)).astype("int32"),
+        "padding_mask": np.ones((6, 8), "int32"),
+    }
+    expected = to_numpy(causal_lm(x))
+    model = kf.retrofit(causal_lm, SCHEMA, rank=2)
+    assert {layer.path.rsplit("/", 1)[-1] for layer in model.flix_layers} == {"query", "value"}
+    np.testing.assert_array_equal(to_numpy(model({**x, "feature_ids": MIXED_IDS})), expected)
+    randomize_adapters(model)
+    logits = to_numpy(model({**x, "feature_ids": MIXED_IDS}))
+    assert logits.shape == (6, 8, 64)
+    np.testing.assert_allclose(logits[-1], expected[-1], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(logits[0], expected[0])

@@ -410,6 +410,16 @@ def _concat(parts, axis):
     return parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=axis)
 
 
+def default_name(kwargs, prefix):
+    """Names an unnamed layer `prefix`, `prefix_1`, ... like Keras does.
+
+    Keras would derive "f_lix_dense" from the class name.
+    """
+    if kwargs.get("name") is None:
+        uid = keras.backend.get_uid(prefix)
+        kwargs["name"] = prefix if uid == 1 else f"{prefix}_{uid - 1}"
+
+
 def reject_base_options(layer_name, kwargs):
     """Raises if `kwargs` enable Keras LoRA or quantization on a FLix layer."""
     for option in ("lora_rank", "lora_alpha", "quantization_config"):

@@ -8,6 +8,7 @@ from keras import ops
 from keras_flix.src.layers.adapter_equations import adapter_equations
 from keras_flix.src.layers.adapter_equations import dense_equation
 from keras_flix.src.layers.flix_adapter import FLixAdapter
+from keras_flix.src.layers.flix_adapter import default_name
 from keras_flix.src.layers.flix_adapter import reject_base_options
 
 
@@ -68,6 +69,7 @@ class FLixDense(FLixAdapter, keras.layers.Dense):
         **kwargs,
     ):
         reject_base_options(type(self).__name__, kwargs)
+        default_name(kwargs, "flix_dense")
         super().__init__(units, **kwargs)
         self._init_adapter(schema, rank, alpha, a_initializer, b_initializer)
 

@@ -7,6 +7,7 @@ from keras import ops
 
 from keras_flix.src.layers.adapter_equations import adapter_equations
 from keras_flix.src.layers.flix_adapter import FLixAdapter
+from keras_flix.src.layers.flix_adapter import default_name
 from keras_flix.src.layers.flix_adapter import reject_base_options
 
 
@@ -71,6 +72,7 @@ class FLixEinsumDense(FLixAdapter, keras.layers.EinsumDense):
         **kwargs,
     ):
         reject_base_options(type(self).__name__, kwargs)
+        default_name(kwargs, "flix_einsum_dense")
         super().__init__(equation, output_shape, **kwargs)
         self._init_adapter(schema, rank, alpha, a_initializer, b_initializer)
 

@@ -1,0 +1,222 @@
+"""`tag`: adds `feature_ids` to the elements of a `tf.data.Dataset`."""
+
+from collections.abc import Mapping
+
+from keras_flix.src.data.elements import check_dataset
+from keras_flix.src.data.elements import inputs_of
+from keras_flix.src.data.elements import is_tuple_element
+from keras_flix.src.data.elements import map_elements
+from keras_flix.src.data.elements import with_inputs
+from keras_flix.src.flix_model import FEATURE_IDS_KEY
+from keras_flix.src.flix_model import join_feature_ids
+from keras_flix.src.schema import ABSENT
+from keras_flix.src.schema import FeatureSchema
+
+# What a lookup returns for a value the schema does not know, under
+# `unknown="error"`: below ABSENT, so that one comparison finds it.
+_UNKNOWN = ABSENT - 1
+
+
+def tag(dataset, schema, /, from_keys=None, keep_keys=False, **features):
+    """Adds each example's `feature_ids` to a dataset, in the model's format.
+
+    Every element gets an int32 `"feature_ids"` tensor of shape
+    `[len(schema.feature_types)]` (`-1` = absent), placed where a retrofitted
+    model (`keras_flix.FLixModel`) reads it:
+
+    * a dict element gets a `"feature_ids"` key;
+    * in `(x,)`, `(x, y)` and `(x, y, sample_weight)` elements only `x`
+      changes: a dict `x` gets the key, any other `x` becomes
+      `{"inputs": x, "feature_ids": ids}`;
+    * any other element `x` becomes `{"inputs": x, "feature_ids": ids}`.
+
+    Features come from constants for the whole dataset (keyword arguments),
+    from a string field of each example (`from_keys`), or both, for different
+    feature types; a feature type given neither way is absent. Values are
+    looked up inside the `tf.data` graph (a `tf.lookup.StaticHashTable` per
+    type, in a deterministic parallel `map`), so tagging costs no Python per
+    example.
+
+    Tag unbatched datasets (one example per element), before `batch`: the
+    fields named in `from_keys` must be scalar strings. An empty string means
+    the feature is absent for that example. A value the schema does not know
+    follows the schema's `unknown` policy: with `"absent"` it becomes `-1`;
+    with `"error"` iterating the dataset stops at the first such example with
+    a `tf.errors.InvalidArgumentError` that names the feature type and the
+    value. Constant values are checked when `tag` is called.
+
+    Args:
+        dataset: a `tf.data.Dataset` of single examples.
+        schema: the `keras_flix.FeatureSchema` to encode with.
+        from_keys: optional dict from feature type to the key of the string
+            field that holds each example's value. With tuple elements the
+            keys are looked up in `x`, which must then be a dict.
+        keep_keys: whether the fields named in `from_keys` stay in the
+            element. By default they are dropped: they are encoded in
+            `feature_ids` now, and string inputs a model does not expect
+            would break it.
+        **features: constant feature values for every example, e.g.
+            `language="sw"`. A value of `None` means absent.
+
+    Returns:
+        The tagged `tf.data.Dataset`.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> from keras_flix import FeatureSchema
+    >>> from keras_flix.data import tag
+    >>> schema = FeatureSchema({"language": ["en", "sw"], "task": ["qa", "ner"]})
+    >>> ds = tf.data.Dataset.from_tensor_slices(
+    ...     ({"text": ["a", "b"], "lang": ["sw", "en"]}, [0, 1]))
+    >>> ds = tag(ds, schema, from_keys={"language": "lang"}, task="ner")
+    >>> x, y = next(iter(ds))
+    >>> sorted(x), x["feature_ids"].numpy().tolist()
+    (['feature_ids', 'text'], [1, 1])
+    """
+    owner = "keras_flix.data.tag"
+    check_dataset(dataset, owner)
+    if not isinstance(schema, FeatureSchema):
+        raise TypeError(
+            f"{owner} takes a keras_flix.FeatureSchema. Received: {schema!r}"
+        )
+    from_keys = _check_from_keys(from_keys, schema, features, owner)
+    constant_ids = _constant_ids(features, schema, owner)
+    is_tuple = is_tuple_element(dataset.element_spec, owner)
+    _check_fields(inputs_of(dataset.element_spec, is_tuple), from_keys, owner)
+    lookups = _lookups(schema, from_keys)
+    drop = () if keep_keys else set(from_keys.values())
+
+    import tensorflow as tf
+
+    def tag_element(element, is_tuple):
+        x = inputs_of(element, is_tuple)
+        columns, checks = [], []
+        for column, feature_type in enumerate(schema.feature_types):
+            if feature_type not in lookups:
+                columns.append(tf.constant(constant_ids[column], tf.int32))
+                continue
+            value = x[from_keys[feature_type]]
+            ids = lookups[feature_type].lookup(value)
+            if schema.unknown == "error":
+                checks.append(
+                    tf.debugging.Assert(
+                        ids >= ABSENT,
+                        _unknown_message(schema, feature_type, value, from_keys),
+                    )
+                )
+            columns.append(ids)
+        feature_ids = tf.stack(columns)
+        if checks:
+            with tf.control_dependencies(checks):
+                feature_ids = tf.identity(feature_ids)
+        if isinstance(x, Mapping):
+            x = {k: v for k, v in x.items() if k not in drop}
+        return with_inputs(element, join_feature_ids(x, feature_ids), is_tuple)
+
+    return map_elements(
+        dataset,
+        tag_element,
+        owner,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+
+
+def _check_from_keys(from_keys, schema, features, owner):
+    if from_keys is None:
+        return {}
+    if not isinstance(from_keys, Mapping):
+        raise TypeError(
+            f"{owner}: `from_keys` must be a dict from feature type to the key "
+            f"of a string field. Received: {from_keys!r}"
+        )
+    for feature_type, key in from_keys.items():
+        schema.index(feature_type)  # Raises for a type the schema lacks.
+        if feature_type in features:
+            raise ValueError(
+                f"{owner}: feature type '{feature_type}' is given both as a "
+                f"constant ({features[feature_type]!r}) and from the field "
+                f"{key!r}. Give each feature type one way."
+            )
+        if not isinstance(key, str):
+            raise TypeError(
+                f"{owner}: `from_keys` maps feature type '{feature_type}' to "
+                f"{key!r}; expected the string key of a field."
+            )
+    return dict(from_keys)
+
+
+def _constant_ids(features, schema, owner):
+    for feature_type, value in features.items():
+        schema.index(feature_type)  # Raises for a type the schema lacks.
+        if value is not None and not isinstance(value, str):
+            raise TypeError(
+                f"{owner}: the value of feature type '{feature_type}' must be "
+                f"a string (or None for absent). Received: {value!r}"
+            )
+    return schema.encode(features).tolist()
+
+
+def _check_fields(x_spec, from_keys, owner):
+    import tensorflow as tf
+
+    if isinstance(x_spec, Mapping) and FEATURE_IDS_KEY in x_spec:
+        raise ValueError(
+            f"{owner}: the dataset is tagged already (its inputs have a "
+            f"'{FEATURE_IDS_KEY}' entry). Tag once, with every feature."
+        )
+    if not from_keys:
+        return
+    if not isinstance(x_spec, Mapping):
+        raise ValueError(
+            f"{owner}: `from_keys` reads fields of dict inputs, but the "
+            f"dataset's inputs are {x_spec}."
+        )
+    for feature_type, key in from_keys.items():
+        if key not in x_spec:
+            raise ValueError(
+                f"{owner}: no field {key!r} (for feature type "
+                f"'{feature_type}') in the dataset's inputs. Available "
+                f"fields: {sorted(x_spec)}."
+            )
+        spec = x_spec[key]
+        if (
+            not isinstance(spec, tf.TensorSpec)
+            or spec.dtype != tf.string
+            or spec.shape.rank != 0
+        ):
+            raise ValueError(
+                f"{owner}: field {key!r} (for feature type '{feature_type}') "
+                "must hold one string per example: a scalar tf.string. "
+                f"Received {spec}. Tag an unbatched dataset (before `batch`), "
+                "and convert numeric codes to the schema's string values."
+            )
+
+
+def _lookups(schema, from_keys):
+    """A string -> id table per feature type read from a field."""
+    import tensorflow as tf
+
+    default = ABSENT if schema.unknown == "absent" else _UNKNOWN
+    tables = {}
+    for feature_type in from_keys:
+        values = list(schema.values(feature_type))
+        # "" cannot be a value: it marks the feature absent.
+        keys = tf.constant(values + [""], tf.string)
+        ids = tf.constant(list(range(len(values))) + [ABSENT], tf.int32)
+        tables[feature_type] = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(keys, ids), default
+        )
+    return tables
+
+
+def _unknown_message(schema, feature_type, value, from_keys):
+    return [
+        f"Unknown value for feature type '{feature_type}' (field "
+        f"'{from_keys[feature_type]}'):",
+        value,
+        f"Known values: {list(schema.values(feature_type))}. Add it to the "
+        "schema, or build the schema with unknown='absent' to treat unknown "
+        "values as absent.",
+    ]
