@@ -1,11 +1,14 @@
 """keras-flix: Featurized Low-rank Mixtures (FLix) for Keras 3 and KerasHub."""
 
 from keras_flix import layers
+from keras_flix.src.adapter_files import load_adapters
+from keras_flix.src.adapter_files import save_adapters
 from keras_flix.src.feature_scope import current_feature_ids
 from keras_flix.src.feature_scope import feature_scope
 from keras_flix.src.flix_model import FEATURE_IDS_KEY
 from keras_flix.src.flix_model import INPUTS_KEY
 from keras_flix.src.flix_model import FLixModel
+from keras_flix.src.merging import merge
 from keras_flix.src.retrofit import retrofit
 from keras_flix.src.schema import ABSENT
 from keras_flix.src.schema import FeatureSchema
@@ -22,6 +25,9 @@ __all__ = [
     "current_feature_ids",
     "feature_scope",
     "layers",
+    "load_adapters",
+    "merge",
     "retrofit",
+    "save_adapters",
     "summary",
 ]

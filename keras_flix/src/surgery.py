@@ -105,6 +105,12 @@ def _replace_in_graph(container, old, new):
         container._operations_by_depth[depth] = [
             new if op is old else op for op in ops_at_depth
         ]
+    # Node keys embed the operation's id (`make_node_key`).
+    old_prefix, new_prefix = f"{id(old)}_ib-", f"{id(new)}_ib-"
+    container._nodes = {
+        new_prefix + key[len(old_prefix) :] if key.startswith(old_prefix) else key
+        for key in container._nodes
+    }
     new._inbound_nodes = old._inbound_nodes
     new._outbound_nodes = old._outbound_nodes
     graph_nodes = [n for nodes in container._nodes_by_depth.values() for n in nodes]

@@ -37,16 +37,23 @@ def tag(dataset, schema, /, from_keys=None, keep_keys=False, **features):
     type, in a deterministic parallel `map`), so tagging costs no Python per
     example.
 
-    Tag unbatched datasets (one example per element), before `batch`: the
-    fields named in `from_keys` must be scalar strings. An empty string means
-    the feature is absent for that example. A value the schema does not know
-    follows the schema's `unknown` policy: with `"absent"` it becomes `-1`;
-    with `"error"` iterating the dataset stops at the first such example with
-    a `tf.errors.InvalidArgumentError` that names the feature type and the
+    Elements are single examples, or batches when the fields named in
+    `from_keys` hold one string per example of a batch (shape `[batch]`);
+    the ids then have shape `[batch, len(schema.feature_types)]`. Tagging
+    runs one small function per element, so tagging batches (`mix`, then
+    `batch`, then `tag`) costs much less than tagging single examples; tag
+    single examples when a dataset's features are constants, before mixing
+    (a dataset tagged by constants only is taken as one of single examples).
+
+    An empty string in a field means the feature is absent for that example.
+    A value the schema does not know follows the schema's `unknown` policy:
+    with `"absent"` it becomes `-1`; with `"error"` iterating the dataset
+    stops at the first element holding one with a
+    `tf.errors.InvalidArgumentError` that names the feature type and the
     value. Constant values are checked when `tag` is called.
 
     Args:
-        dataset: a `tf.data.Dataset` of single examples.
+        dataset: a `tf.data.Dataset` of single examples or of batches.
         schema: the `keras_flix.FeatureSchema` to encode with.
         from_keys: optional dict from feature type to the key of the string
             field that holds each example's value. With tuple elements the
@@ -83,7 +90,9 @@ def tag(dataset, schema, /, from_keys=None, keep_keys=False, **features):
     from_keys = _check_from_keys(from_keys, schema, features, owner)
     constant_ids = _constant_ids(features, schema, owner)
     is_tuple = is_tuple_element(dataset.element_spec, owner)
-    _check_fields(inputs_of(dataset.element_spec, is_tuple), from_keys, owner)
+    batched = _check_fields(
+        inputs_of(dataset.element_spec, is_tuple), from_keys, owner
+    )
     lookups = _lookups(schema, from_keys)
     drop = () if keep_keys else set(from_keys.values())
 
@@ -91,25 +100,12 @@ def tag(dataset, schema, /, from_keys=None, keep_keys=False, **features):
 
     def tag_element(element, is_tuple):
         x = inputs_of(element, is_tuple)
-        columns, checks = [], []
-        for column, feature_type in enumerate(schema.feature_types):
-            if feature_type not in lookups:
-                columns.append(tf.constant(constant_ids[column], tf.int32))
-                continue
-            value = x[from_keys[feature_type]]
-            ids = lookups[feature_type].lookup(value)
-            if schema.unknown == "error":
-                checks.append(
-                    tf.debugging.Assert(
-                        ids >= ABSENT,
-                        _unknown_message(schema, feature_type, value, from_keys),
-                    )
-                )
-            columns.append(ids)
-        feature_ids = tf.stack(columns)
-        if checks:
-            with tf.control_dependencies(checks):
-                feature_ids = tf.identity(feature_ids)
+        if lookups:
+            feature_ids = _encode(
+                x, schema, constant_ids, from_keys, lookups, batched
+            )
+        else:
+            feature_ids = tf.constant(constant_ids, tf.int32)
         if isinstance(x, Mapping):
             x = {k: v for k, v in x.items() if k not in drop}
         return with_inputs(element, join_feature_ids(x, feature_ids), is_tuple)
@@ -121,6 +117,38 @@ def tag(dataset, schema, /, from_keys=None, keep_keys=False, **features):
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
+
+
+def _encode(x, schema, constant_ids, from_keys, lookups, batched):
+    """The ids of one example, or of a batch, from its fields."""
+    import tensorflow as tf
+
+    # Constants are broadcast to the batch of the first field read.
+    shape = tf.shape(x[next(iter(from_keys.values()))]) if batched else []
+    columns, checks = [], []
+    for column, feature_type in enumerate(schema.feature_types):
+        if feature_type not in lookups:
+            constant = constant_ids[column]
+            columns.append(
+                tf.fill(shape, constant) if batched else tf.constant(constant)
+            )
+            continue
+        values = x[from_keys[feature_type]]
+        ids = lookups[feature_type].lookup(values)
+        if schema.unknown == "error":
+            unknown = ids < ABSENT
+            if batched:
+                # The batch's first unknown value goes in the message.
+                values = tf.boolean_mask(values, unknown)[:1]
+                unknown = tf.reduce_any(unknown)
+            message = _unknown_message(schema, feature_type, values, from_keys)
+            checks.append(tf.debugging.Assert(~unknown, message))
+        columns.append(ids)
+    feature_ids = tf.stack(columns, axis=-1)
+    if checks:
+        with tf.control_dependencies(checks):
+            feature_ids = tf.identity(feature_ids)
+    return feature_ids
 
 
 def _check_from_keys(from_keys, schema, features, owner):
@@ -167,7 +195,7 @@ def _check_fields(x_spec, from_keys, owner):
             f"'{FEATURE_IDS_KEY}' entry). Tag once, with every feature."
         )
     if not from_keys:
-        return
+        return False
     if not isinstance(x_spec, Mapping):
         raise ValueError(
             f"{owner}: `from_keys` reads fields of dict inputs, but the "
@@ -184,14 +212,22 @@ def _check_fields(x_spec, from_keys, owner):
         if (
             not isinstance(spec, tf.TensorSpec)
             or spec.dtype != tf.string
-            or spec.shape.rank != 0
+            or spec.shape.rank not in (0, 1)
         ):
             raise ValueError(
                 f"{owner}: field {key!r} (for feature type '{feature_type}') "
-                "must hold one string per example: a scalar tf.string. "
-                f"Received {spec}. Tag an unbatched dataset (before `batch`), "
-                "and convert numeric codes to the schema's string values."
+                "must hold one string per example: a tf.string of shape [] "
+                f"(single examples) or [batch]. Received {spec}. Convert "
+                "numeric codes to the schema's string values first."
             )
+    ranks = {key: x_spec[key].shape.rank for key in from_keys.values()}
+    if len(set(ranks.values())) > 1:
+        raise ValueError(
+            f"{owner}: the fields in `from_keys` mix single examples (rank 0) "
+            f"and batches (rank 1): ranks {ranks}. Read all from single "
+            "examples or all from batches."
+        )
+    return set(ranks.values()) == {1}
 
 
 def _lookups(schema, from_keys):

@@ -1,0 +1,1 @@
+"""Feature-tagged `tf.data` pipelines: tagging, mixtures, per-cell splits."""

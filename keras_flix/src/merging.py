@@ -1,0 +1,173 @@
+"""`merge`: collapse a FLix model to a plain model for one feature combination."""
+
+import keras
+import numpy as np
+
+from keras_flix.src.adapters import flix_layers
+from keras_flix.src.layers.flix_adapter import FLixAdapter
+from keras_flix.src.surgery import all_layers
+
+_FLIX_CLASSES = {
+    keras.saving.get_registered_name(cls): cls.base_layer_class
+    for cls in FLixAdapter.__subclasses__()
+}
+_FLIX_CONFIG_KEYS = ("schema", "rank", "alpha", "a_initializer", "b_initializer")
+
+
+def merge(model, features, as_lora=False):
+    """A plain copy of the base model with one feature combination built in.
+
+    Args:
+        model: a model returned by `keras_flix.retrofit`.
+        features: the combination, as a dict of feature values (missing or
+            `None` = absent, e.g. an unseen language) or a sequence of ids.
+        as_lora: return the combination as ordinary Keras LoRA instead: the
+            base kernels stay as they are and each adapted layer gets
+            `enable_lora` with the active features' adapters concatenated
+            along the rank axis (exact; see below).
+
+    Returns:
+        A new model of the base model's own architecture (a KerasHub
+        backbone or task, or the original Keras model), independent of
+        keras-flix: it saves and loads without keras-flix installed. Its
+        kernels are `W0 + sum_t s_t * reshape(A_t[f_t] @ B_t[f_t])`, so it
+        computes what the FLix model computes for that combination, at the
+        base model's cost. A KerasHub task shares the FLix model's
+        preprocessor.
+
+        With `as_lora=True`, a `Dense` layer gets a LoRA of rank
+        `sum_t r_t` over the active features. Keras' `EinsumDense` LoRA
+        factors a kernel as [all axes but the last, last axis], while FLix
+        factors it as [contracted axes, output axes]; where the two differ
+        (e.g. the query projection `abc,cde->abde`, whose output axes are
+        heads and head size) the same update needs rank
+        `n_heads * sum_t r_t`, and that is the rank used.
+
+    Example:
+
+    >>> import numpy as np
+    >>> import keras
+    >>> import keras_flix as kf
+    >>> inputs = keras.Input((8,))
+    >>> base = keras.Model(inputs, keras.layers.Dense(4, name="proj")(inputs))
+    >>> schema = kf.FeatureSchema({"language": ["en", "sw"], "task": ["qa"]})
+    >>> model = kf.retrofit(base, schema, rank=2, target_layers=["proj"])
+    >>> merged = kf.merge(model, {"language": "sw"})
+    >>> type(merged.get_layer("proj")).__name__
+    'Dense'
+    """
+    layers = flix_layers(model)
+    if not layers:
+        raise ValueError(f"Model '{model.name}' holds no FLix layers.")
+    base_model = getattr(model, "base_model", model)
+    ids = layers[0].schema.encode_checked(features)
+    merged = keras.saving.deserialize_keras_object(
+        _without_flix(keras.saving.serialize_keras_object(base_model))
+    )
+    if getattr(base_model, "preprocessor", None) is not None:
+        merged.preprocessor = base_model.preprocessor
+    values = {v.path: v for v in base_model.weights}
+    merged_layers = {layer.path: layer for layer in all_layers(merged)}
+    for layer in layers:
+        if as_lora:
+            _enable_lora(merged_layers[layer.path], layer, ids)
+        else:
+            values[layer._kernel.path] = layer.merged_kernel(ids)
+    for variable in merged.weights:
+        if as_lora and variable.name.startswith("lora_kernel_"):
+            continue
+        if variable.path not in values:
+            raise ValueError(
+                f"Cannot merge: variable '{variable.path}' of the rebuilt base "
+                "model has no counterpart in the FLix model."
+            )
+        variable.assign(keras.ops.convert_to_numpy(values[variable.path]))
+    return merged
+
+
+def _without_flix(config):
+    """The serialized model with every FLix layer turned into its base layer."""
+    if isinstance(config, list):
+        return [_without_flix(item) for item in config]
+    if not isinstance(config, dict):
+        return config
+    base_class = _FLIX_CLASSES.get(config.get("registered_name"))
+    if base_class is None:
+        return {key: _without_flix(value) for key, value in config.items()}
+    layer_config = {
+        key: value
+        for key, value in config["config"].items()
+        if key not in _FLIX_CONFIG_KEYS
+    }
+    base = keras.saving.serialize_keras_object(base_class.from_config(layer_config))
+    # Keep what the enclosing config added (a Functional's "name" and
+    # "inbound_nodes", the "build_config").
+    return {**config, **{key: base[key] for key in ("module", "class_name", "config", "registered_name")}}
+
+
+def _enable_lora(target, layer, ids):
+    """Gives `target` the Keras LoRA that equals `layer`'s update for `ids`."""
+    parts_a, parts_b = [], []
+    for feature_type, value in zip(layer.schema.feature_types, ids):
+        if value < 0:
+            continue
+        parts_a.append(keras.ops.convert_to_numpy(layer.adapter_a[feature_type][value]))
+        parts_b.append(
+            layer.scales[feature_type]
+            * keras.ops.convert_to_numpy(layer.adapter_b[feature_type][value])
+        )
+    if not parts_a:
+        return  # Every feature absent: the base layer as it is.
+    a, b = _keras_lora_factors(
+        np.concatenate(parts_a, axis=1),
+        np.concatenate(parts_b, axis=0),
+        tuple(layer._kernel.shape),
+        *layer.kernel_axes,
+    )
+    target.enable_lora(a.shape[-1])
+    target.lora_kernel_a.assign(a)
+    target.lora_kernel_b.assign(b)
+
+
+def _keras_lora_factors(a, b, kernel_shape, contracted_axes, output_axes):
+    """Factors `reshape(a @ b)` as Keras LoRA's `[kernel[:-1], rank] @ [rank, last]`.
+
+    Args:
+        a: `[d_in, r]`, the concatenated `A`s.
+        b: `[r, d_out]`, the concatenated, scaled `B`s.
+        kernel_shape: the base kernel's shape.
+        contracted_axes, output_axes: the kernel axes flattened to d_in and
+            d_out, in kernel order.
+
+    Returns:
+        `(lora_a, lora_b)` of shapes `kernel_shape[:-1] + (rank,)` and
+        `(rank, kernel_shape[-1])` whose product, reshaped, is exactly the
+        update. The rank is `r` times the number of output positions outside
+        the last axis.
+    """
+    last = len(kernel_shape) - 1
+    if last not in output_axes:
+        raise NotImplementedError(
+            f"Cannot express the update of a kernel of shape {kernel_shape} "
+            "as Keras LoRA: its last axis is contracted with the inputs."
+        )
+    rank = a.shape[1]
+    other_outputs = [axis for axis in output_axes if axis != last]
+    n_other = int(np.prod([kernel_shape[axis] for axis in other_outputs]))
+    contracted_shape = [kernel_shape[axis] for axis in contracted_axes]
+    other_shape = [kernel_shape[axis] for axis in other_outputs]
+    # b as [r, other outputs..., last] (output axes are in kernel order).
+    b = b.reshape([rank] + other_shape + [kernel_shape[last]])
+    b = b.reshape(rank, n_other, kernel_shape[last])
+    # One block of rank r per position of the other output axes:
+    # lora_a[c, o, (o', k)] = a[c, k] * (o == o'), lora_b[(o', k), e] = b[k, o', e].
+    lora_a = np.einsum("ck,op->copk", a, np.eye(n_other, dtype=a.dtype))
+    lora_a = lora_a.reshape(contracted_shape + other_shape + [n_other * rank])
+    lora_b = np.transpose(b, (1, 0, 2)).reshape(n_other * rank, kernel_shape[last])
+    # Move the kernel axes (all but the last) from [contracted, other] order
+    # into kernel order.
+    layout = list(contracted_axes) + other_outputs
+    lora_a = np.transpose(
+        lora_a, [layout.index(axis) for axis in range(last)] + [last]
+    )
+    return lora_a, lora_b
