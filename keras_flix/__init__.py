@@ -3,6 +3,7 @@
 from keras_flix import layers
 from keras_flix.src.adapter_files import load_adapters
 from keras_flix.src.adapter_files import save_adapters
+from keras_flix.src.export import export_saved_model
 from keras_flix.src.feature_scope import current_feature_ids
 from keras_flix.src.feature_scope import feature_scope
 from keras_flix.src.flix_model import FEATURE_IDS_KEY
@@ -23,6 +24,7 @@ __all__ = [
     "FeatureSchema",
     "INPUTS_KEY",
     "current_feature_ids",
+    "export_saved_model",
     "feature_scope",
     "layers",
     "load_adapters",

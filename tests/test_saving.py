@@ -251,3 +251,10 @@ def test_merge_bad_combination():
         kf.merge(model, {"language": "xx"})
     with pytest.raises(ValueError, match="out of range"):
         kf.merge(model, [5, 0])
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch only")
+def test_torch_export_is_refused_clearly(tmp_path):
+    model = flix_bert()
+    with pytest.raises(NotImplementedError, match="torch_xla"):
+        kf.export_saved_model(model, tmp_path / "m")

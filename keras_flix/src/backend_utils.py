@@ -64,3 +64,40 @@ def refresh_parameter_registry(layer):
     """
     if keras.backend.backend() == "torch" and hasattr(layer, "_torch_params"):
         layer._track_variables()
+
+
+def assert_in_range_in_graph(feature_ids, num_values):
+    """Adds a runtime range check to `feature_ids` inside TensorFlow graphs.
+
+    Python cannot raise inside a compiled graph; on the TensorFlow backend a
+    graph-level assertion can, so a `tf.function` or an exported SavedModel
+    fails with an `InvalidArgumentError` on an out-of-range id. Elsewhere
+    the ids are returned unchanged (FLix layers then output NaN for the
+    affected examples).
+
+    Args:
+        feature_ids: int32 tensor `[batch, n_types]`.
+        num_values: the number of values of each type, in column order.
+
+    Returns:
+        `feature_ids`, carrying the check where there is one.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return feature_ids
+    import tensorflow as tf
+
+    if tf.executing_eagerly() or not tf.is_tensor(feature_ids):
+        return feature_ids
+    upper = tf.constant(num_values, dtype=feature_ids.dtype)
+    valid = tf.logical_and(feature_ids >= -1, feature_ids < upper)
+    check = tf.debugging.Assert(
+        tf.reduce_all(valid),
+        [
+            "Feature ids out of range: expected -1 (absent) or an id below "
+            f"the number of values of each type {list(num_values)}; got",
+            tf.boolean_mask(feature_ids, tf.logical_not(valid)),
+        ],
+        summarize=16,
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(feature_ids)

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_flix.src.backend_utils import assert_in_range_in_graph
 from keras_flix.src.backend_utils import host_value
 
 
@@ -10,8 +11,9 @@ def standardize_feature_ids(feature_ids, schema, batch_size=None, owner=None):
     """Checks `feature_ids` against `schema` and returns them as int32.
 
     Shape and dtype are checked always. Values are range-checked when they
-    are readable on the host without a device sync (eager calls on CPU);
-    inside compiled graphs an out-of-range id cannot raise, and FLix layers
+    are readable on the host without a device sync (eager calls on CPU), and
+    by a graph assertion inside TensorFlow graphs. Inside other compiled
+    graphs (`jax.jit`, XLA) an out-of-range id cannot raise, and FLix layers
     turn the affected example's outputs into NaN instead (see
     `FLixAdapter`), so it never silently selects another value's adapter.
 
@@ -60,4 +62,6 @@ def standardize_feature_ids(feature_ids, schema, batch_size=None, owner=None):
             raise ValueError(f"Invalid feature ids{where}: {error}") from None
     if dtype != "int32":
         feature_ids = ops.cast(feature_ids, "int32")
-    return feature_ids
+    return assert_in_range_in_graph(
+        feature_ids, [schema.num_values[t] for t in schema.feature_types]
+    )

@@ -54,6 +54,10 @@ def feature_scope(feature_ids):
         stack.pop()
 
 
+ALL_ABSENT = "all-absent"
+"""A scope value meaning: every feature of every example is absent."""
+
+
 def current_feature_ids():
     """The ids of the innermost open `feature_scope`, or `None`."""
     stack = _stack()

@@ -82,11 +82,11 @@ def _replace_in_attributes(container, old, new):
         if value is old:
             setattr(container, name, new)
             replaced = True
-        elif isinstance(value, list):
-            for i, item in enumerate(value):
-                if item is old:
-                    value[i] = new
-                    replaced = True
+        elif isinstance(value, list) and any(item is old for item in value):
+            # A new list rather than an edit: TensorFlow refuses to save a
+            # tracked list whose elements were replaced.
+            setattr(container, name, [new if item is old else item for item in value])
+            replaced = True
         elif isinstance(value, dict):
             for key, item in list(value.items()):
                 if item is old:
@@ -100,7 +100,7 @@ def _replace_in_graph(container, old, new):
     operations = getattr(container, "_operations", None)
     if operations is None or not any(op is old for op in operations):
         return False
-    container._operations[:] = [new if op is old else op for op in operations]
+    container._operations = [new if op is old else op for op in operations]
     for depth, ops_at_depth in container._operations_by_depth.items():
         container._operations_by_depth[depth] = [
             new if op is old else op for op in ops_at_depth

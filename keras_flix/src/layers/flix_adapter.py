@@ -7,6 +7,7 @@ import keras
 from keras import ops
 
 from keras_flix.src.feature_ids import standardize_feature_ids
+from keras_flix.src.feature_scope import ALL_ABSENT
 from keras_flix.src.feature_scope import current_feature_ids
 from keras_flix.src.feature_scope import feature_scope
 from keras_flix.src.schema import FeatureSchema
@@ -263,6 +264,10 @@ class FLixAdapter:
                 "inside `keras_flix.feature_scope(feature_ids)`, or call the "
                 "model returned by `keras_flix.retrofit` with a "
                 "'feature_ids' input."
+            )
+        if isinstance(feature_ids, str) and feature_ids == ALL_ABSENT:
+            feature_ids = ops.full(
+                (ops.shape(inputs)[0], len(self.schema.feature_types)), -1, "int32"
             )
         if isinstance(feature_ids, keras.KerasTensor):
             # A symbolic input: wire the ids into the Functional graph.

@@ -1,0 +1,158 @@
+"""`export_saved_model`: a TensorFlow SavedModel of a FLix model for serving."""
+
+import importlib.util
+
+import keras
+
+from keras_flix.src.feature_scope import ALL_ABSENT
+from keras_flix.src.feature_scope import feature_scope
+from keras_flix.src.flix_model import FEATURE_IDS_KEY
+from keras_flix.src.flix_model import INPUTS_KEY
+from keras_flix.src.flix_model import FLixModel
+
+
+def export_saved_model(model, path, input_signature=None, verbose=False):
+    """Exports a FLix model as a SavedModel with two serving signatures.
+
+    * `serving_default` takes the model's inputs plus one `tf.string` tensor
+      of shape `[batch]` per feature type, named after it (e.g. `language`,
+      `task`), and maps values to ids inside the graph. The empty string
+      means "absent". A value the schema does not know is absent when the
+      schema was built with `unknown="absent"`; with `unknown="error"` the
+      request fails with an `InvalidArgumentError` that names the feature
+      type and the value.
+    * `serve_ids` takes the model's inputs plus `feature_ids` (int32
+      `[batch, n_types]`, `-1` = absent).
+
+    Batches may mix feature combinations. The SavedModel needs neither Keras
+    nor keras-flix to run: `tf.saved_model.load(path).signatures[...]`, or
+    TF Serving. On the TensorFlow backend an out-of-range id in `serve_ids`
+    fails the request; from the JAX backend it yields NaN outputs for that
+    example.
+
+    Args:
+        model: a model returned by `keras_flix.retrofit` (jax or tensorflow
+            backend).
+        path: the SavedModel directory to write.
+        input_signature: the base model's inputs as a dict of name to
+            `keras.InputSpec` / `tf.TensorSpec`; by default read from the
+            base model's symbolic inputs (a KerasHub backbone or task, or a
+            Functional model). For a KerasHub task these are its
+            preprocessed inputs (token ids, masks): run the preprocessor
+            before calling the SavedModel. On the JAX backend, KerasHub
+            backbones need a fixed sequence length here (their position
+            embeddings cannot be exported for a symbolic length).
+        verbose: print the exported endpoints.
+
+    Example:
+
+    >>> import os, tempfile
+    >>> import keras
+    >>> import keras_flix as kf
+    >>> inputs = keras.Input((8,), name="x")
+    >>> base = keras.Model(inputs, keras.layers.Dense(4, name="proj")(inputs))
+    >>> schema = kf.FeatureSchema({"language": ["en", "sw"]}, unknown="absent")
+    >>> model = kf.retrofit(base, schema, rank=2, target_layers=["proj"])
+    >>> if keras.backend.backend() != "torch":
+    ...     kf.export_saved_model(model, os.path.join(tempfile.mkdtemp(), "m"))
+    """
+    if not isinstance(model, FLixModel):
+        raise TypeError(
+            "export_saved_model takes the model returned by "
+            f"keras_flix.retrofit. Received: {type(model).__name__}"
+        )
+    backend = keras.backend.backend()
+    if backend == "torch" and importlib.util.find_spec("torch_xla") is None:
+        raise NotImplementedError(
+            "Keras exports torch models to SavedModel only through torch_xla, "
+            "which is not installed. Save the model (`model.save('m.keras')`) "
+            "and export it from a process with KERAS_BACKEND=jax or "
+            "tensorflow: .keras files load on every backend."
+        )
+    import tensorflow as tf
+
+    schema = model.schema
+    base_specs = _base_input_specs(model, input_signature)
+    ids_spec = tf.TensorSpec(
+        (None, len(schema.feature_types)), tf.int32, name=FEATURE_IDS_KEY
+    )
+    archive = keras.export.ExportArchive()
+    serve_ids = archive.track_and_add_endpoint(
+        "serve_ids", model, input_signature=[{**base_specs, FEATURE_IDS_KEY: ids_spec}]
+    )
+    tables = {
+        feature_type: tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(schema.values(feature_type)),
+                tf.range(schema.num_values[feature_type], dtype=tf.int32),
+            ),
+            default_value=-2,
+        )
+        for feature_type in schema.feature_types
+    }
+    for table in tables.values():
+        archive.track(table)
+    string_specs = {
+        feature_type: tf.TensorSpec((None,), tf.string, name=feature_type)
+        for feature_type in schema.feature_types
+    }
+
+    @tf.function(input_signature=[{**base_specs, **string_specs}])
+    def serving_default(inputs):
+        columns = []
+        for feature_type in schema.feature_types:
+            names = inputs[feature_type]
+            ids = tables[feature_type].lookup(names)
+            ids = tf.where(tf.equal(names, ""), -1, ids)
+            unknown = tf.equal(ids, -2)
+            if schema.unknown == "error":
+                tf.debugging.Assert(
+                    tf.logical_not(tf.reduce_any(unknown)),
+                    [
+                        f"Unknown value for feature type '{feature_type}' "
+                        f"(known: {list(schema.values(feature_type))}):",
+                        tf.boolean_mask(names, unknown),
+                    ],
+                )
+            columns.append(tf.where(unknown, -1, ids))
+        base_inputs = {name: inputs[name] for name in base_specs}
+        return serve_ids({**base_inputs, FEATURE_IDS_KEY: tf.stack(columns, axis=1)})
+
+    archive.add_endpoint("serving_default", serving_default)
+    # TensorFlow traces a default signature for every nested Keras model it
+    # saves, without feature ids; those functions are never served.
+    with feature_scope(ALL_ABSENT):
+        archive.write_out(str(path), verbose=verbose)
+
+
+def _base_input_specs(model, input_signature):
+    import tensorflow as tf
+
+    if input_signature is None:
+        try:
+            inputs = model.base_model.input
+        except (AttributeError, ValueError):
+            raise ValueError(
+                f"Cannot read the inputs of '{model.base_model.name}'; pass "
+                "`input_signature` (a dict of name to keras.InputSpec)."
+            ) from None
+        if not isinstance(inputs, dict):
+            inputs = {INPUTS_KEY: inputs}
+        input_signature = inputs
+    if not isinstance(input_signature, dict):
+        raise ValueError(
+            "`input_signature` must be a dict from input name to "
+            f"keras.InputSpec or tf.TensorSpec. Received: {input_signature!r}"
+        )
+    clashes = sorted(
+        set(input_signature) & ({FEATURE_IDS_KEY} | set(model.schema.feature_types))
+    )
+    if clashes:
+        raise ValueError(
+            f"Input names {clashes} clash with the serving signature's feature "
+            "inputs; rename the inputs or the feature types."
+        )
+    return {
+        name: tf.TensorSpec(tuple(spec.shape), spec.dtype, name=name)
+        for name, spec in input_signature.items()
+    }
