@@ -1,8 +1,11 @@
 """keras-flix: Featurized Low-rank Mixtures (FLix) for Keras 3 and KerasHub."""
 
+from keras_flix import data
 from keras_flix import layers
 from keras_flix.src.adapter_files import load_adapters
 from keras_flix.src.adapter_files import save_adapters
+from keras_flix.src.distribution import FLixLayoutMap
+from keras_flix.src.distribution import layout_map
 from keras_flix.src.export import export_saved_model
 from keras_flix.src.feature_scope import current_feature_ids
 from keras_flix.src.feature_scope import feature_scope
@@ -20,13 +23,16 @@ __version__ = "0.1.0"
 __all__ = [
     "ABSENT",
     "FEATURE_IDS_KEY",
+    "FLixLayoutMap",
     "FLixModel",
     "FeatureSchema",
     "INPUTS_KEY",
     "current_feature_ids",
+    "data",
     "export_saved_model",
     "feature_scope",
     "layers",
+    "layout_map",
     "load_adapters",
     "merge",
     "retrofit",

@@ -101,3 +101,16 @@ def assert_in_range_in_graph(feature_ids, num_values):
     )
     with tf.control_dependencies([check]):
         return tf.identity(feature_ids)
+
+
+def in_shape_inference():
+    """Whether Keras is running a call only to infer output shapes.
+
+    Keras' `compute_output_spec` traces calls with placeholders whose values
+    are never computed; under `tf.distribute`, Keras builds them from a
+    cross-replica *mean* of the first batch, so integer inputs such as
+    feature ids arrive as floats there.
+    """
+    from keras.src.backend.common.symbolic_scope import in_symbolic_scope
+
+    return in_symbolic_scope()

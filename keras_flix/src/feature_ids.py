@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_flix.src.backend_utils import assert_in_range_in_graph
 from keras_flix.src.backend_utils import host_value
+from keras_flix.src.backend_utils import in_shape_inference
 
 
 def standardize_feature_ids(feature_ids, schema, batch_size=None, owner=None):
@@ -36,6 +37,10 @@ def standardize_feature_ids(feature_ids, schema, batch_size=None, owner=None):
     ):
         feature_ids = ops.convert_to_tensor(feature_ids)
     dtype = keras.backend.standardize_dtype(feature_ids.dtype)
+    if in_shape_inference() and dtype.startswith("float"):
+        # Shape inference only: no value of these ids is ever used.
+        feature_ids = ops.cast(feature_ids, "int32")
+        dtype = "int32"
     if not dtype.startswith(("int", "uint")):
         raise ValueError(
             f"Feature ids{where} must be integers (int32, -1 = absent). "

@@ -6,6 +6,7 @@ import math
 import keras
 from keras import ops
 
+from keras_flix.src.distribution import register_adapter_layouts
 from keras_flix.src.feature_ids import standardize_feature_ids
 from keras_flix.src.feature_scope import ALL_ABSENT
 from keras_flix.src.feature_scope import current_feature_ids
@@ -220,6 +221,7 @@ class FLixAdapter:
 
     def _build_adapters(self, d_in, d_out):
         self._freeze_base()
+        register_adapter_layouts(self)
         for feature_type in self.schema.feature_types:
             num_values = self.schema.num_values[feature_type]
             rank = self.rank[feature_type]

@@ -1,0 +1,127 @@
+"""FLix training on 8 simulated CPU devices with keras.distribution (JAX).
+
+Run as a script in its own process: the device count must be set before JAX
+is imported. Prints one JSON line with the single-device and distributed
+losses, the largest weight difference after training, and the shardings of
+the adapter variables.
+"""
+
+import os
+import sys
+
+os.environ["KERAS_BACKEND"] = "jax"
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+
+import json  # noqa: E402
+
+import jax  # noqa: E402
+import keras  # noqa: E402
+import keras_hub  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_flix as kf  # noqa: E402
+
+SCHEMA = kf.FeatureSchema({"language": ["en", "de", "sw", "fr"], "task": ["qa", "ner"]})
+BATCH, LENGTH, STEPS = 16, 8, 4
+
+
+def gemma():
+    return keras_hub.models.GemmaBackbone(
+        vocabulary_size=64, num_layers=2, num_query_heads=4, num_key_value_heads=4,
+        hidden_dim=32, intermediate_dim=64, head_dim=8,
+    )
+
+
+def bert():
+    return keras_hub.models.BertBackbone(
+        vocabulary_size=64, num_layers=2, num_heads=2, hidden_dim=32,
+        intermediate_dim=64, max_sequence_length=LENGTH,
+    )
+
+
+def data(hidden):
+    rng = np.random.default_rng(0)
+    x = {
+        "token_ids": rng.integers(1, 64, (BATCH, LENGTH)).astype("int32"),
+        "padding_mask": np.ones((BATCH, LENGTH), "int32"),
+        "feature_ids": np.stack(
+            [rng.integers(-1, 4, BATCH), rng.integers(-1, 2, BATCH)], 1
+        ).astype("int32"),
+    }
+    y = rng.standard_normal((BATCH, LENGTH, hidden)).astype("float32")
+    return x, y
+
+
+class Sequence(keras.Model):
+    """The FLix backbone's sequence output, for an MSE loss."""
+
+    def __init__(self, flix):
+        super().__init__()
+        self.flix = flix
+
+    def call(self, inputs, training=None):
+        outputs = self.flix(inputs, training=training)
+        return outputs["sequence_output"] if isinstance(outputs, dict) else outputs
+
+
+def train(make_backbone, distribution, initial_weights=None):
+    keras.distribution.set_distribution(distribution)
+    keras.utils.set_random_seed(0)
+    backbone = make_backbone()
+    model = kf.retrofit(backbone, SCHEMA, rank=2, target_layers=[".*(query|value|attention_output|ffw_linear|_dense)"])
+    if initial_weights is not None:
+        model.set_weights(initial_weights)
+    else:
+        rng = np.random.default_rng(1)
+        for layer in model.flix_layers:
+            for variable in layer.adapter_variables:
+                variable.assign(0.1 * rng.standard_normal(variable.shape).astype("float32"))
+    weights = model.get_weights()
+    wrapper = Sequence(model)
+    wrapper.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    x, y = data(32)
+    if "segment_ids" in backbone.input:
+        x["segment_ids"] = np.zeros((BATCH, LENGTH), "int32")
+    losses = [float(wrapper.train_on_batch(x, y)) for _ in range(STEPS)]
+    shardings = {
+        v.path: str(getattr(v.value.sharding, "spec", None))
+        for layer in model.flix_layers[:2]
+        for v in layer.adapter_variables[:2]
+    }
+    kernel_shardings = {
+        layer._kernel.path: str(getattr(layer._kernel.value.sharding, "spec", None))
+        for layer in model.flix_layers[:2]
+    }
+    result = (losses, [np.asarray(w) for w in model.get_weights()], shardings, kernel_shardings)
+    keras.distribution.set_distribution(None)
+    return result, weights
+
+
+def main(mode):
+    devices = jax.devices()
+    assert len(devices) == 8, devices
+    if mode == "model_parallel":
+        make = gemma
+        mesh = keras.distribution.DeviceMesh((2, 4), ["batch", "model"], devices)
+        base = keras_hub.models.GemmaBackbone.get_layout_map(mesh, model_parallel_dim_name="model", data_parallel_dim_name="batch")
+        distribution = keras.distribution.ModelParallel(
+            layout_map=kf.layout_map(base, values_axis=None), batch_dim_name="batch"
+        )
+    else:
+        make = bert
+        distribution = keras.distribution.DataParallel(devices=devices)
+    (single_losses, single_weights, _, _), initial = train(make, None)
+    (losses, weights, shardings, kernel_shardings), _ = train(make, distribution, initial)
+    print(json.dumps({
+        "single_losses": single_losses,
+        "losses": losses,
+        "max_weight_difference": max(
+            float(np.max(np.abs(a - b))) for a, b in zip(weights, single_weights)
+        ),
+        "adapter_shardings": shardings,
+        "kernel_shardings": kernel_shardings,
+    }))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

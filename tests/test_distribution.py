@@ -1,0 +1,79 @@
+"""Scale-out on the backends' own engines, each in a process of its own."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import keras
+
+HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed")
+
+
+def run_script(name, *args):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("XLA_FLAGS", None)
+    result = subprocess.run(
+        [sys.executable, os.path.join(HERE, name), *args],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# The scripts pick their own backend; run them once, from the matching suite.
+only_on = lambda backend: pytest.mark.skipif(  # noqa: E731
+    keras.backend.backend() != backend,
+    reason=f"runs its own {backend} process; exercised from the {backend} suite",
+)
+
+
+@only_on("jax")
+def test_jax_model_parallel_with_kerashub_layout_map():
+    result = run_script("jax_parallel.py", "model_parallel")
+    np.testing.assert_allclose(result["losses"], result["single_losses"], rtol=1e-5)
+    assert result["max_weight_difference"] < 1e-5
+    shardings = result["adapter_shardings"]
+    kernels = result["kernel_shardings"]
+    # Gemma's ffw_linear kernel is ("model", "batch"): A follows its input
+    # axis, B its output axis; the value axis is replicated.
+    assert kernels["decoder_block_0/ffw_linear/kernel"] == "P('model', 'batch')"
+    assert shardings["decoder_block_0/ffw_linear/flix_language_a"] == "P(None, 'model', None)"
+    assert shardings["decoder_block_0/ffw_linear/flix_language_b"] == "P(None, None, 'batch')"
+
+
+@only_on("jax")
+def test_jax_data_parallel():
+    result = run_script("jax_parallel.py", "data_parallel")
+    np.testing.assert_allclose(result["losses"], result["single_losses"], rtol=1e-5)
+    assert result["max_weight_difference"] < 1e-5
+
+
+@only_on("tensorflow")
+def test_tf_mirrored_strategy():
+    result = run_script("tf_mirrored.py")
+    assert result["replicas"] == 2
+    np.testing.assert_allclose(result["losses"], result["single_losses"], rtol=5e-3)
+    assert result["max_weight_difference"] < 1e-4
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() == "torch",
+    reason="keras.distribution has no device support on the torch backend",
+)
+def test_layout_map_keeps_base_entries_and_checks_arguments():
+    import keras_flix as kf
+
+    mesh = keras.distribution.DeviceMesh((1,), ["model"], keras.distribution.list_devices()[:1])
+    base = keras.distribution.LayoutMap(mesh)
+    base[".*proj.*kernel"] = ("model", None)
+    layout = kf.layout_map(base)
+    assert layout.device_mesh is mesh
+    assert tuple(layout["dense/proj/kernel"].axes) == ("model", None)
+    with pytest.raises(ValueError, match="not an axis of the device mesh"):
+        kf.layout_map(base, values_axis="batch")
+    with pytest.raises(TypeError, match="LayoutMap"):
+        kf.layout_map({".*": ("model",)})
