@@ -46,6 +46,15 @@ def test_jax_model_parallel_with_kerashub_layout_map():
 
 
 @only_on("jax")
+def test_jax_model_parallel_with_sharded_feature_values():
+    result = run_script("jax_parallel.py", "values_sharded")
+    np.testing.assert_allclose(result["losses"], result["single_losses"], rtol=1e-5)
+    shardings = result["adapter_shardings"]
+    assert shardings["decoder_block_0/ffw_linear/flix_language_a"] == "P('model', None, None)"
+    assert shardings["decoder_block_0/ffw_linear/flix_language_b"] == "P('model', None, 'batch')"
+
+
+@only_on("jax")
 def test_jax_data_parallel():
     result = run_script("jax_parallel.py", "data_parallel")
     np.testing.assert_allclose(result["losses"], result["single_losses"], rtol=1e-5)

@@ -41,8 +41,10 @@ class FLixLayoutMap(keras.distribution.LayoutMap):
             else (None,) * len(layer._kernel.shape)
         )
         contracted_axes, output_axes = layer.kernel_axes
-        input_axis = _first_sharded(kernel_axes, contracted_axes)
-        output_axis = _first_sharded(kernel_axes, output_axes)
+        # A mesh axis can shard only one axis of a variable: the value axis
+        # takes it when asked to.
+        input_axis = _first_sharded(kernel_axes, contracted_axes, self.values_axis)
+        output_axis = _first_sharded(kernel_axes, output_axes, self.values_axis)
         for feature_type in layer.schema.feature_types:
             prefix = f"{layer.path}/flix_{feature_type}"
             self._layout_map.pop(f"{prefix}_a", None)
@@ -51,10 +53,11 @@ class FLixLayoutMap(keras.distribution.LayoutMap):
             self[f"{prefix}_b"] = (self.values_axis, None, output_axis)
 
 
-def _first_sharded(kernel_axes, axes):
-    """The mesh axis of the first sharded kernel axis among `axes`."""
+def _first_sharded(kernel_axes, axes, taken):
+    """The mesh axis of the first kernel axis among `axes` sharded on a mesh
+    axis other than `taken`."""
     for axis in axes:
-        if kernel_axes[axis] is not None:
+        if kernel_axes[axis] not in (None, taken):
             return kernel_axes[axis]
     return None
 
@@ -66,7 +69,9 @@ def layout_map(base_layout_map, values_axis=None):
     every entry of `base_layout_map`, which also lays out the FLix adapters
     of layers built while it is in use: `A` shards like its kernel's input
     (contracted) axes, `B` like its output axes, and the feature-value axis
-    is replicated, or sharded on `values_axis` for very large schemas.
+    is replicated, or sharded on `values_axis` for very large schemas (then
+    that mesh axis shards nothing else of the adapter, and each type's number
+    of values must divide by its size).
 
     Set the distribution before building and retrofitting the model, as for
     any `ModelParallel` model:

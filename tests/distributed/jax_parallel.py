@@ -21,7 +21,9 @@ import numpy as np  # noqa: E402
 
 import keras_flix as kf  # noqa: E402
 
-SCHEMA = kf.FeatureSchema({"language": ["en", "de", "sw", "fr"], "task": ["qa", "ner"]})
+SCHEMA = kf.FeatureSchema(
+    {"language": ["en", "de", "sw", "fr"], "task": ["qa", "ner", "pos", "mt"]}
+)
 BATCH, LENGTH, STEPS = 16, 8, 4
 
 
@@ -45,7 +47,7 @@ def data(hidden):
         "token_ids": rng.integers(1, 64, (BATCH, LENGTH)).astype("int32"),
         "padding_mask": np.ones((BATCH, LENGTH), "int32"),
         "feature_ids": np.stack(
-            [rng.integers(-1, 4, BATCH), rng.integers(-1, 2, BATCH)], 1
+            [rng.integers(-1, 4, BATCH), rng.integers(-1, 4, BATCH)], 1
         ).astype("int32"),
     }
     y = rng.standard_normal((BATCH, LENGTH, hidden)).astype("float32")
@@ -100,12 +102,15 @@ def train(make_backbone, distribution, initial_weights=None):
 def main(mode):
     devices = jax.devices()
     assert len(devices) == 8, devices
-    if mode == "model_parallel":
+    if mode in ("model_parallel", "values_sharded"):
         make = gemma
         mesh = keras.distribution.DeviceMesh((2, 4), ["batch", "model"], devices)
         base = keras_hub.models.GemmaBackbone.get_layout_map(mesh, model_parallel_dim_name="model", data_parallel_dim_name="batch")
         distribution = keras.distribution.ModelParallel(
-            layout_map=kf.layout_map(base, values_axis=None), batch_dim_name="batch"
+            layout_map=kf.layout_map(
+                base, values_axis="model" if mode == "values_sharded" else None
+            ),
+            batch_dim_name="batch",
         )
     else:
         make = bert
