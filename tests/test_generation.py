@@ -136,3 +136,36 @@ def test_scoring_function_merges_and_exports(tmp_path):
         language=tf.constant(["de"] * 4), task=tf.constant(["ner"] * 4),
     )
     np.testing.assert_allclose(list(out.values())[0].numpy(), logits, rtol=1e-4, atol=1e-4)
+
+
+def test_seq2seq_generation_per_example_features():
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.BartBackbone(
+        vocabulary_size=40, num_layers=1, num_heads=2, hidden_dim=32,
+        intermediate_dim=64, max_sequence_length=12,
+    )
+    seq2seq = keras_hub.models.BartSeq2SeqLM(backbone, preprocessor=None)
+    seq2seq.compile(sampler="greedy")
+    model = kf.retrofit(seq2seq, SCHEMA, rank=4, target_layers=[".*(query|value)"])
+    randomize_adapters(model, scale=0.5)
+    rng = np.random.default_rng(0)
+    n = len(MIXED_IDS)
+    decoder_ids = np.zeros((n, 8), "int32")
+    decoder_ids[:, 0] = 2
+    decoder_mask = np.zeros((n, 8), bool)
+    decoder_mask[:, 0] = True
+    x = {
+        "encoder_token_ids": rng.integers(3, 40, (n, 6)).astype("int32"),
+        "encoder_padding_mask": np.ones((n, 6), bool),
+        "decoder_token_ids": decoder_ids,
+        "decoder_padding_mask": decoder_mask,
+    }
+    batch = model.generate({**x, "feature_ids": MIXED_IDS}, stop_token_ids=None)
+    for i in range(n):
+        alone = model.generate(
+            {**{k: v[i : i + 1] for k, v in x.items()}, "feature_ids": MIXED_IDS[i : i + 1]},
+            stop_token_ids=None,
+        )
+        np.testing.assert_array_equal(alone["decoder_token_ids"][0], batch["decoder_token_ids"][i])
+    plain = model.generate({**x, "feature_ids": np.full_like(MIXED_IDS, -1)}, stop_token_ids=None)
+    assert not np.array_equal(plain["decoder_token_ids"], batch["decoder_token_ids"])
