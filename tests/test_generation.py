@@ -172,3 +172,15 @@ def test_seq2seq_generation_per_example_features():
     base = to_numpy(model({**x, "feature_ids": np.full_like(MIXED_IDS, -1)}))
     assert not np.allclose(flix[0], base[0])
     np.testing.assert_allclose(flix[-1], base[-1], rtol=1e-5, atol=1e-5)
+
+
+def test_causal_lm_example_runs(capsys):
+    import runpy
+
+    example = runpy.run_path(
+        str(__import__("pathlib").Path(__file__).parents[1] / "examples" / "causal_lm_flix.py")
+    )
+    example["main"](quick=True)
+    printed = capsys.readouterr().out
+    assert "exact match per cell" in printed
+    assert printed.count("*") >= 3
