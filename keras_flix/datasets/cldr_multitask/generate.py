@@ -28,29 +28,25 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+# The languages, the unseen ones and the tasks are defined once, in the loader.
+from keras_flix.datasets.cldr_multitask import DATASET_VERSION
+from keras_flix.datasets.cldr_multitask import LANGUAGES
+from keras_flix.datasets.cldr_multitask import TASKS
+from keras_flix.datasets.cldr_multitask import UNSEEN_LANGUAGES
+
 DATASET_NAME = "cldr_multitask"
-DATASET_VERSION = "1.0.0"
 
 DEFAULT_CLDR_DIR = Path("/usr/share/unicode/cldr/common")
 DEFAULT_EMOJI_TEST = Path("/usr/share/unicode/emoji/emoji-test.txt")
 DEFAULT_OUTPUT_DIR = Path(__file__).resolve().parent
 DEBIAN_PACKAGES = ("unicode-cldr-core", "unicode-data")
 
-# 15 Latin-script and 15 non-Latin-script locales, all with complete CLDR
-# coverage of the four tasks.
-LANGUAGES = (
-    "am", "ar", "bn", "cs", "de", "el", "en", "es", "fa", "fi",
-    "fr", "he", "hi", "hu", "hy", "id", "it", "ja", "ka", "ko",
-    "nl", "pl", "pt", "ru", "sw", "th", "tr", "uk", "vi", "zh",
-)  # fmt: skip
-
-# Never trained on; they measure zero-shot transfer at three difficulty levels:
+# The loader's languages are 15 Latin-script and 15 non-Latin-script locales,
+# all with complete CLDR coverage of the four tasks. The unseen languages
+# measure zero-shot transfer at three levels of difficulty:
 #   uk: Cyrillic, like the seen ru and close to it (related language).
 #   sw: Latin script (shared with many seen languages) but the only Bantu one.
 #   ka: Georgian script and Kartvelian family, both absent from training.
-UNSEEN_LANGUAGES = ("ka", "sw", "uk")
-
-TASKS = ("emoji_group", "territory_region", "unit_quantity", "currency_region")
 
 TASK_DESCRIPTIONS = {
     "emoji_group": "localized emoji name (CLDR tts annotation) -> emoji group "
