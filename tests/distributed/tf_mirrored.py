@@ -6,6 +6,7 @@ mirrored losses and the largest weight difference after training.
 """
 
 import os
+import sys
 
 os.environ["KERAS_BACKEND"] = "tensorflow"
 
@@ -23,6 +24,9 @@ import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_flix as kf  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from helpers import randomize_adapters  # noqa: E402
 
 SCHEMA = kf.FeatureSchema({"language": ["en", "de", "sw"], "task": ["qa", "ner"]})
 BATCH, LENGTH = 8, 8
@@ -64,10 +68,7 @@ def train(strategy, initial_weights=None):
         if initial_weights is not None:
             model.set_weights(initial_weights)
         else:
-            rng = np.random.default_rng(1)
-            for layer in model.flix_layers:
-                for variable in layer.adapter_variables:
-                    variable.assign(0.1 * rng.standard_normal(variable.shape).astype("float32"))
+            randomize_adapters(model, seed=1, scale=0.1)
         weights = model.get_weights()
         wrapper = Pooled(model)
         wrapper.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
