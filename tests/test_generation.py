@@ -40,8 +40,30 @@ def prompts(batch, length=12, prompt_length=4, seed=0):
     return {"token_ids": token_ids, "padding_mask": padding_mask}
 
 
-def test_each_prompt_generates_as_if_alone_with_its_features():
-    model = kf.retrofit(tiny_gpt2(), SCHEMA, rank=4, target_layers=[".*(query|value|_dense)"])
+def tiny_causal_lm(family, seed=0):
+    if family == "gpt2":
+        return tiny_gpt2(seed=seed)
+    keras.utils.set_random_seed(seed)
+    small = dict(vocabulary_size=40, num_layers=2, hidden_dim=32, intermediate_dim=64)
+    if family == "gemma":
+        backbone = keras_hub.models.GemmaBackbone(
+            num_query_heads=2, num_key_value_heads=1, head_dim=16, **small
+        )
+        causal_lm = keras_hub.models.GemmaCausalLM(backbone, preprocessor=None)
+    else:
+        backbone = keras_hub.models.LlamaBackbone(
+            num_query_heads=2, num_key_value_heads=1, **small
+        )
+        causal_lm = keras_hub.models.LlamaCausalLM(backbone, preprocessor=None)
+    causal_lm.compile(sampler="greedy")
+    return causal_lm
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gemma", "llama"])
+def test_each_prompt_generates_as_if_alone_with_its_features(family):
+    model = kf.retrofit(
+        tiny_causal_lm(family), SCHEMA, rank=4, target_layers=[".*(query|value|_dense|ffw|feedforward).*"]
+    )
     randomize_adapters(model, scale=0.5)
     x = prompts(len(MIXED_IDS))
     batch = model.generate({**x, "feature_ids": MIXED_IDS}, stop_token_ids=None)
