@@ -55,6 +55,8 @@ def by_cell(dataset, schema, feature_types=None, cells=None):
     examples of that cell (a `filter` on their feature ids), so a
     language x task grid of metrics is one `evaluate` per cell. Each cell
     dataset reads the whole input: evaluating `k` cells costs `k` passes.
+    The size of a filtered dataset is unknown to TensorFlow, so Keras warns
+    that the input "ran out of data" when one ends; that is expected.
 
     Args:
         dataset: a tagged, unbatched `tf.data.Dataset` (see
@@ -104,7 +106,8 @@ def by_cell(dataset, schema, feature_types=None, cells=None):
     is_tuple = is_tuple_element(dataset.element_spec, owner)
     split = {}
     for cell in cells:
-        target = tf.constant(_cell_ids(schema, types, single, cell, owner), tf.int32)
+        target = _cell_ids(schema, types, single, cell, owner)
+        target = tf.constant(target, tf.int32)
 
         @tf.autograph.experimental.do_not_convert
         def in_cell(*element, target=target):

@@ -40,10 +40,13 @@ def count_features(dataset, schema, max_elements=None, normalize=False):
     >>> from keras_flix import FeatureSchema
     >>> from keras_flix.data import count_features, tag
     >>> schema = FeatureSchema({"language": ["en", "sw"], "task": ["qa"]})
-    >>> ds = tag(tf.data.Dataset.from_tensor_slices(
-    ...     {"lang": ["en", "sw", "en"]}), schema, from_keys={"language": "lang"})
-    >>> count_features(ds, schema)
-    {'language': {'en': 2, 'sw': 1, '<absent>': 0}, 'task': {'qa': 0, '<absent>': 3}}
+    >>> ds = tf.data.Dataset.from_tensor_slices({"lang": ["en", "sw", "en"]})
+    >>> ds = tag(ds, schema, from_keys={"language": "lang"})
+    >>> counts = count_features(ds, schema)
+    >>> counts["language"]
+    {'en': 2, 'sw': 1, '<absent>': 0}
+    >>> counts["task"]
+    {'qa': 0, '<absent>': 3}
     """
     owner = "keras_flix.data.count_features"
     num_values = schema.num_values
@@ -98,8 +101,8 @@ def count_cells(
     >>> from keras_flix import FeatureSchema
     >>> from keras_flix.data import count_cells, tag
     >>> schema = FeatureSchema({"language": ["en", "sw"], "task": ["qa"]})
-    >>> ds = tag(tf.data.Dataset.from_tensor_slices(
-    ...     {"lang": ["en", "sw", "en"]}), schema, from_keys={"language": "lang"})
+    >>> ds = tf.data.Dataset.from_tensor_slices({"lang": ["en", "sw", "en"]})
+    >>> ds = tag(ds, schema, from_keys={"language": "lang"})
     >>> count_cells(ds, schema, ("language", "task"))
     {('en', '<absent>'): 2, ('sw', '<absent>'): 1}
     >>> count_cells(ds, schema, "language", normalize=True)

@@ -48,6 +48,10 @@ def mixture_probabilities(datasets, weights=None, temperature=None, sizes=None):
     """
     owner = "keras_flix.data.mixture_probabilities"
     datasets = _check_datasets(datasets, owner)
+    return _probabilities(datasets, weights, temperature, sizes, owner)
+
+
+def _probabilities(datasets, weights, temperature, sizes, owner):
     if weights is not None:
         if temperature is not None:
             raise ValueError(
@@ -116,6 +120,12 @@ def mix(datasets, weights=None, temperature=None, sizes=None, seed=None):
     (tag them first with `keras_flix.data.tag`: the ids tell the examples'
     features apart after mixing); datasets with weight 0 are left out.
 
+    Sizes for temperature sampling cost nothing when TensorFlow knows a
+    dataset's cardinality, and one full pass over the dataset otherwise (see
+    `mixture_probabilities`). The realised proportions of the first `n`
+    examples are `count_cells(mixed, schema, ..., max_elements=n,
+    normalize=True)` (or `count_features`).
+
     Args:
         datasets: a sequence of `tf.data.Dataset`s of single examples (or of
             batches, then batches are drawn).
@@ -146,7 +156,7 @@ def mix(datasets, weights=None, temperature=None, sizes=None, seed=None):
     owner = "keras_flix.data.mix"
     datasets = _check_datasets(datasets, owner)
     _check_structures(datasets, owner)
-    probabilities = mixture_probabilities(datasets, weights, temperature, sizes)
+    probabilities = _probabilities(datasets, weights, temperature, sizes, owner)
     used = [i for i, p in enumerate(probabilities) if p > 0]
     return tf.data.Dataset.sample_from_datasets(
         [datasets[i].repeat() for i in used],
@@ -178,7 +188,9 @@ def _check_numbers(numbers, count, name, owner):
             f"{owner}: `{name}` must be a list of numbers, one per dataset. "
             f"Received {name}={numbers!r}."
         )
-    numbers = list(numbers.tolist() if isinstance(numbers, np.ndarray) else numbers)
+    if isinstance(numbers, np.ndarray):
+        numbers = numbers.tolist()
+    numbers = list(numbers)
     if len(numbers) != count:
         raise ValueError(
             f"{owner}: {len(numbers)} {name} for {count} datasets; expected "

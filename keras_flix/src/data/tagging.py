@@ -1,4 +1,4 @@
-"""`tag`: adds `feature_ids` to the elements of a `tf.data.Dataset`."""
+"""Tagging: adds `feature_ids` to the elements of a `tf.data.Dataset`."""
 
 from collections.abc import Mapping
 
@@ -34,23 +34,29 @@ def tag(dataset, schema, /, from_keys=None, keep_keys=False, **features):
     from a string field of each example (`from_keys`), or both, for different
     feature types; a feature type given neither way is absent. Values are
     looked up inside the `tf.data` graph (a `tf.lookup.StaticHashTable` per
-    type, in a deterministic parallel `map`), so tagging costs no Python per
+    type, in a deterministic parallel `map`), so tagging runs no Python per
     example.
 
     Elements are single examples, or batches when the fields named in
     `from_keys` hold one string per example of a batch (shape `[batch]`);
-    the ids then have shape `[batch, len(schema.feature_types)]`. Tagging
-    runs one small function per element, so tagging batches (`mix`, then
-    `batch`, then `tag`) costs much less than tagging single examples; tag
-    single examples when a dataset's features are constants, before mixing
-    (a dataset tagged by constants only is taken as one of single examples).
+    the ids then have shape `[batch, len(schema.feature_types)]`. A dataset
+    tagged by constants only is taken as one of single examples: tag it
+    before `batch`.
+
+    Cost: `tag` adds one `map` stage, which runs a small function per
+    element. Per example (`tag`, then `mix`, then `batch`) that costs a third
+    or more of a tokenizing pipeline's throughput on a small CPU; per batch
+    (`mix`, `batch`, then `tag`) a few percent. To pay nothing for the stage,
+    call a `Tagger` inside a `map` you run anyway (the preprocessing). See
+    `benchmarks/README.md`.
 
     An empty string in a field means the feature is absent for that example.
     A value the schema does not know follows the schema's `unknown` policy:
     with `"absent"` it becomes `-1`; with `"error"` iterating the dataset
     stops at the first element holding one with a
     `tf.errors.InvalidArgumentError` that names the feature type and the
-    value. Constant values are checked when `tag` is called.
+    value. Constant values, field names and field dtypes are checked when
+    `tag` is called.
 
     Args:
         dataset: a `tf.data.Dataset` of single examples or of batches.
@@ -73,7 +79,8 @@ def tag(dataset, schema, /, from_keys=None, keep_keys=False, **features):
     >>> import tensorflow as tf
     >>> from keras_flix import FeatureSchema
     >>> from keras_flix.data import tag
-    >>> schema = FeatureSchema({"language": ["en", "sw"], "task": ["qa", "ner"]})
+    >>> schema = FeatureSchema(
+    ...     {"language": ["en", "sw"], "task": ["qa", "ner"]})
     >>> ds = tf.data.Dataset.from_tensor_slices(
     ...     ({"text": ["a", "b"], "lang": ["sw", "en"]}, [0, 1]))
     >>> ds = tag(ds, schema, from_keys={"language": "lang"}, task="ner")
@@ -81,34 +88,18 @@ def tag(dataset, schema, /, from_keys=None, keep_keys=False, **features):
     >>> sorted(x), x["feature_ids"].numpy().tolist()
     (['feature_ids', 'text'], [1, 1])
     """
-    owner = "keras_flix.data.tag"
-    check_dataset(dataset, owner)
-    if not isinstance(schema, FeatureSchema):
-        raise TypeError(
-            f"{owner} takes a keras_flix.FeatureSchema. Received: {schema!r}"
-        )
-    from_keys = _check_from_keys(from_keys, schema, features, owner)
-    constant_ids = _constant_ids(features, schema, owner)
-    is_tuple = is_tuple_element(dataset.element_spec, owner)
-    batched = _check_fields(
-        inputs_of(dataset.element_spec, is_tuple), from_keys, owner
-    )
-    lookups = _lookups(schema, from_keys)
-    drop = () if keep_keys else set(from_keys.values())
-
     import tensorflow as tf
 
+    owner = "keras_flix.data.tag"
+    check_dataset(dataset, owner)
+    tagger = Tagger(
+        schema, from_keys=from_keys, keep_keys=keep_keys, **features
+    )
+    is_tuple = is_tuple_element(dataset.element_spec, owner)
+    batched = tagger.check_inputs(inputs_of(dataset.element_spec, is_tuple))
+
     def tag_element(element, is_tuple):
-        x = inputs_of(element, is_tuple)
-        if lookups:
-            feature_ids = _encode(
-                x, schema, constant_ids, from_keys, lookups, batched
-            )
-        else:
-            feature_ids = tf.constant(constant_ids, tf.int32)
-        if isinstance(x, Mapping):
-            x = {k: v for k, v in x.items() if k not in drop}
-        return with_inputs(element, join_feature_ids(x, feature_ids), is_tuple)
+        return tagger.tag_element(element, is_tuple, batched)
 
     return map_elements(
         dataset,
@@ -119,36 +110,139 @@ def tag(dataset, schema, /, from_keys=None, keep_keys=False, **features):
     )
 
 
+class Tagger:
+    """The function that `tag` maps, to call inside a `map` of your own.
+
+    `tag(dataset, ...)` adds a `map` stage to a pipeline. Calling a `Tagger`
+    inside a `map` the pipeline runs anyway (e.g. the one that applies a
+    KerasHub preprocessor) tags at no extra stage cost. A `Tagger` takes and
+    returns an element as `Dataset.map` passes it: `tagger(x, y)` returns
+    `(x_tagged, y)`, `tagger(x)` returns `x_tagged`. Fields are checked when
+    the `map` is traced.
+
+    Build it once, outside the mapped function: it holds the lookup tables.
+
+    Args:
+        schema, from_keys, keep_keys, **features: as for `tag`.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> from keras_flix import FeatureSchema
+    >>> from keras_flix.data import Tagger
+    >>> schema = FeatureSchema({"language": ["en", "sw"]})
+    >>> tagger = Tagger(schema, from_keys={"language": "lang"})
+    >>> ds = tf.data.Dataset.from_tensor_slices(
+    ...     ({"text": ["a b", "c"], "lang": ["sw", "en"]}, [0, 1])).batch(2)
+    >>> def preprocess(x, y):
+    ...     x, y = tagger(x, y)
+    ...     return {**x, "text": tf.strings.split(x["text"]).to_tensor()}, y
+    >>> x, y = next(iter(ds.map(preprocess)))
+    >>> x["feature_ids"].numpy().tolist()
+    [[1], [0]]
+    """
+
+    def __init__(self, schema, /, from_keys=None, keep_keys=False, **features):
+        owner = "keras_flix.data.tag"
+        if not isinstance(schema, FeatureSchema):
+            raise TypeError(
+                f"{owner} takes a keras_flix.FeatureSchema. Received: "
+                f"{schema!r}"
+            )
+        self.schema = schema
+        self.from_keys = _check_from_keys(from_keys, schema, features, owner)
+        self.constant_ids = _constant_ids(features, schema, owner)
+        self.drop = () if keep_keys else set(self.from_keys.values())
+        self._lookups = _lookups(schema, self.from_keys)
+
+    def check_inputs(self, x_spec):
+        """Checks the fields that `from_keys` reads in the inputs' spec.
+
+        Args:
+            x_spec: the `tf.TypeSpec` structure of an element's inputs.
+
+        Returns:
+            Whether the fields hold batches (rank 1) rather than single
+            examples (rank 0).
+        """
+        return _check_fields(x_spec, self.from_keys, "keras_flix.data.tag")
+
+    def tag_element(self, element, is_tuple, batched):
+        """Tags one element of known structure (see `check_inputs`)."""
+        import tensorflow as tf
+
+        x = inputs_of(element, is_tuple)
+        if self._lookups:
+            feature_ids = _encode(
+                x,
+                self.schema,
+                self.constant_ids,
+                self.from_keys,
+                self._lookups,
+                batched,
+            )
+        else:
+            feature_ids = tf.constant(self.constant_ids, tf.int32)
+        if isinstance(x, Mapping):
+            x = {k: v for k, v in x.items() if k not in self.drop}
+        return with_inputs(element, join_feature_ids(x, feature_ids), is_tuple)
+
+    def __call__(self, *element):
+        import tensorflow as tf
+
+        is_tuple = len(element) > 1
+        element = element if is_tuple else element[0]
+        spec = tf.nest.map_structure(tf.type_spec_from_value, element)
+        is_tuple = is_tuple_element(spec, "keras_flix.data.Tagger")
+        batched = self.check_inputs(inputs_of(spec, is_tuple))
+        return self.tag_element(element, is_tuple, batched)
+
+
 def _encode(x, schema, constant_ids, from_keys, lookups, batched):
     """The ids of one example, or of a batch, from its fields."""
     import tensorflow as tf
 
-    # Constants are broadcast to the batch of the first field read.
-    shape = tf.shape(x[next(iter(from_keys.values()))]) if batched else []
-    columns, checks = [], []
+    looked_up = {
+        feature_type: table.lookup(x[from_keys[feature_type]])
+        for feature_type, table in lookups.items()
+    }
+    columns = []
     for column, feature_type in enumerate(schema.feature_types):
-        if feature_type not in lookups:
-            constant = constant_ids[column]
-            columns.append(
-                tf.fill(shape, constant) if batched else tf.constant(constant)
-            )
-            continue
-        values = x[from_keys[feature_type]]
-        ids = lookups[feature_type].lookup(values)
-        if schema.unknown == "error":
-            unknown = ids < ABSENT
-            if batched:
-                # The batch's first unknown value goes in the message.
-                values = tf.boolean_mask(values, unknown)[:1]
-                unknown = tf.reduce_any(unknown)
-            message = _unknown_message(schema, feature_type, values, from_keys)
-            checks.append(tf.debugging.Assert(~unknown, message))
-        columns.append(ids)
+        if feature_type in looked_up:
+            columns.append(looked_up[feature_type])
+        elif batched:
+            # Constants are broadcast to the batch of the first field read.
+            first_field = x[next(iter(from_keys.values()))]
+            columns.append(tf.fill(tf.shape(first_field), constant_ids[column]))
+        else:
+            columns.append(tf.constant(constant_ids[column]))
     feature_ids = tf.stack(columns, axis=-1)
-    if checks:
+    if schema.unknown == "error":
+        checks = [
+            _check_known(ids, x[from_keys[t]], schema, t, from_keys, batched)
+            for t, ids in looked_up.items()
+        ]
         with tf.control_dependencies(checks):
             feature_ids = tf.identity(feature_ids)
     return feature_ids
+
+
+def _check_known(ids, values, schema, feature_type, from_keys, batched):
+    """An op that fails, naming the value, if an id is unknown.
+
+    Without branches: a `tf.cond` per batch costs more than the lookups.
+    """
+    import tensorflow as tf
+
+    if batched:
+        # The smallest id is the first unknown one if there is any; the
+        # sentinel keeps an empty batch valid.
+        ids = tf.concat([ids, [ABSENT]], axis=0)
+        first = tf.argmin(ids, output_type=tf.int32)
+        ids = ids[first]
+        values = tf.concat([values, [""]], axis=0)[first]
+    message = _unknown_message(schema, feature_type, values, from_keys)
+    return tf.debugging.Assert(ids >= ABSENT, message)
 
 
 def _check_from_keys(from_keys, schema, features, owner):
@@ -248,11 +342,12 @@ def _lookups(schema, from_keys):
 
 
 def _unknown_message(schema, feature_type, value, from_keys):
+    # Backticks: TensorFlow escapes quotes in assertion messages.
     return [
-        f"Unknown value for feature type '{feature_type}' (field "
-        f"'{from_keys[feature_type]}'):",
+        f"Unknown value for feature type `{feature_type}` (field "
+        f"`{from_keys[feature_type]}`):",
         value,
-        f"Known values: {list(schema.values(feature_type))}. Add it to the "
-        "schema, or build the schema with unknown='absent' to treat unknown "
-        "values as absent.",
+        f"Known values: [{', '.join(schema.values(feature_type))}]. Add it to "
+        "the schema, or build the schema with unknown=`absent` to treat "
+        "unknown values as absent.",
     ]
