@@ -2,6 +2,7 @@
 
 from keras_flix import data
 from keras_flix import layers
+from keras_flix import optimizers
 from keras_flix.src.adapter_files import load_adapters
 from keras_flix.src.adapter_files import save_adapters
 from keras_flix.src.distribution import FLixLayoutMap
@@ -35,6 +36,7 @@ __all__ = [
     "layout_map",
     "load_adapters",
     "merge",
+    "optimizers",
     "retrofit",
     "save_adapters",
     "summary",

@@ -1,9 +1,11 @@
 """The per-feature low-rank adapters shared by `FLixDense` and `FLixEinsumDense`."""
 
 import contextlib
+import functools
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_flix.src.distribution import register_adapter_layouts
@@ -12,6 +14,23 @@ from keras_flix.src.feature_scope import ALL_ABSENT
 from keras_flix.src.feature_scope import current_feature_ids
 from keras_flix.src.feature_scope import feature_scope
 from keras_flix.src.schema import FeatureSchema
+
+COMPUTE_PATHS = ("auto", "gather", "one_hot")
+"""How a FLix layer selects each example's adapters from its tables.
+
+* `"gather"`: `take` of each example's row. Work per example does not
+  depend on the number of values; the gradient with respect to a table is
+  a scatter-add of the rows the batch used.
+* `"one_hot"`: the sum of every row weighted by the example's one-hot ids,
+  written as an elementwise product and a sum (not a matmul, whose
+  precision some platforms lower), so it selects exactly the same numbers
+  as `"gather"` for finite weights. Its work grows with the number of
+  values, but neither direction needs a gather or a scatter, which XLA on
+  TPU runs slowly.
+* `"auto"`: `"one_hot"` on TPU for the feature types whose one-hot
+  selection costs no more than the adapter's own products (see
+  `resolve_compute_path`), `"gather"` everywhere else.
+"""
 
 
 def per_type(value, schema, name, kind):
@@ -110,6 +129,7 @@ class FLixAdapter:
         alpha=None,
         a_initializer="he_uniform",
         b_initializer="zeros",
+        compute_path="auto",
     ):
         """Builds a FLix layer that adapts the built base `layer`.
 
@@ -121,8 +141,8 @@ class FLixAdapter:
             layer: a built layer of the FLix layer's base class (`Dense` for
                 `FLixDense`, `EinsumDense` for `FLixEinsumDense`), neither
                 quantized nor carrying Keras LoRA.
-            schema, rank, alpha, a_initializer, b_initializer: as for the
-                constructor.
+            schema, rank, alpha, a_initializer, b_initializer, compute_path:
+                as for the constructor.
 
         Returns:
             The new, built FLix layer.
@@ -156,6 +176,7 @@ class FLixAdapter:
             alpha=alpha,
             a_initializer=a_initializer,
             b_initializer=b_initializer,
+            compute_path=compute_path,
         )
         flix = cls.from_config(config)
         # Not Keras-tracked state: consumed and removed by `build`.
@@ -180,7 +201,9 @@ class FLixAdapter:
         self._kernel, self.bias = adopted
         return True
 
-    def _init_adapter(self, schema, rank, alpha, a_initializer, b_initializer):
+    def _init_adapter(
+        self, schema, rank, alpha, a_initializer, b_initializer, compute_path
+    ):
         if isinstance(schema, dict):
             schema = FeatureSchema.from_config(schema)
         if not isinstance(schema, FeatureSchema):
@@ -195,8 +218,23 @@ class FLixAdapter:
         )
         self.a_initializer = AdapterAInitializer(a_initializer)
         self.b_initializer = keras.initializers.get(b_initializer)
+        self.compute_path = compute_path
         self.adapter_a = {}
         self.adapter_b = {}
+
+    @property
+    def compute_path(self):
+        """How each example's adapters are selected: see `COMPUTE_PATHS`."""
+        return self._compute_path
+
+    @compute_path.setter
+    def compute_path(self, value):
+        if value not in COMPUTE_PATHS:
+            raise ValueError(
+                f"`compute_path` must be one of {COMPUTE_PATHS}. Received: "
+                f"{value!r}"
+            )
+        self._compute_path = value
 
     @property
     def scales(self):
@@ -239,6 +277,12 @@ class FLixAdapter:
                 initializer=self.b_initializer,
                 dtype="float32",
             )
+            # Lets row-sparse optimizers (`LazyAdam`) tell the tables apart.
+            for variable in (
+                self.adapter_a[feature_type],
+                self.adapter_b[feature_type],
+            ):
+                variable._flix_adapter_table = True
 
     @property
     def trainable(self):
@@ -294,39 +338,41 @@ class FLixAdapter:
     def _adapter_delta(self, inputs, feature_ids, equations, kernel_shape):
         """The summed low-rank updates of each example's active features."""
         feature_ids = self._selected_feature_ids(feature_ids)
-        contracted = [kernel_shape[a] for a in equations.contracted_axes]
-        outputs = [kernel_shape[a] for a in equations.output_axes]
-        a_parts, b_parts, gate_parts = [], [], []
-        for column, feature_type in enumerate(self.schema.feature_types):
-            ids = feature_ids[:, column]
-            num_values = self.schema.num_values[feature_type]
-            present = ops.greater_equal(ids, 0)
-            valid = ops.logical_and(
-                ops.greater_equal(ids, -1), ops.less(ids, num_values)
-            )
-            rows = ops.where(ops.logical_and(present, valid), ids, 0)
-            a_parts.append(ops.take(self.adapter_a[feature_type], rows, axis=0))
-            b_parts.append(ops.take(self.adapter_b[feature_type], rows, axis=0))
-            gate = ops.where(
-                valid,
-                ops.where(present, self.scales[feature_type], 0.0),
-                math.nan,
-            )
-            gate_parts.append(
-                ops.repeat(ops.expand_dims(gate, -1), self.rank[feature_type], -1)
-            )
-        total_rank = sum(self.rank.values())
-        dtype = inputs.dtype
-        a = ops.cast(_concat(a_parts, axis=-1), dtype)
-        b = ops.cast(_concat(b_parts, axis=1), dtype)
-        gate = ops.cast(_concat(gate_parts, axis=-1), dtype)
-        a = ops.reshape(a, (-1, *contracted, total_rank))
-        b = ops.reshape(b, (-1, total_rank, *outputs))
-        low_rank = ops.einsum(equations.down, inputs, a)
-        gate = ops.reshape(
-            gate, (-1,) + (1,) * (equations.activation_rank - 2) + (total_rank,)
+        types = self.schema.feature_types
+        # All types at once, with NumPy constants: eager backends pay per op.
+        num_values = np.array([self.schema.num_values[t] for t in types], "int32")
+        scales = np.array([self.scales[t] for t in types], "float32")
+        present = ops.greater_equal(feature_ids, 0)
+        valid = ops.logical_and(
+            ops.greater_equal(feature_ids, -1), ops.less(feature_ids, num_values)
         )
-        return ops.einsum(equations.up, ops.multiply(low_rank, gate), b)
+        rows = ops.where(ops.logical_and(present, valid), feature_ids, 0)
+        gate = ops.where(valid, ops.where(present, scales, 0.0), math.nan)
+        positions = _positions_per_example(inputs, equations)
+        a_parts, b_parts = [], []
+        for column, feature_type in enumerate(types):
+            path = resolve_compute_path(
+                self.compute_path, int(num_values[column]), positions
+            )
+            type_rows = rows[:, column]
+            a = select_rows(self.adapter_a[feature_type], type_rows, path)
+            # The scale (0 when absent, NaN when out of range) goes on the
+            # small selected `A`, which XLA fuses into the selection.
+            a_parts.append(ops.multiply(a, gate[:, column, None, None]))
+            b_parts.append(select_rows(self.adapter_b[feature_type], type_rows, path))
+        a = _concat(a_parts, axis=-1)
+        b = _concat(b_parts, axis=1)
+        dtype = keras.backend.standardize_dtype(inputs.dtype)
+        if dtype != "float32":  # The adapters' dtype, whatever the policy.
+            a, b = ops.cast(a, dtype), ops.cast(b, dtype)
+        total_rank = sum(self.rank.values())
+        contracted = tuple(kernel_shape[i] for i in equations.contracted_axes)
+        outputs = tuple(kernel_shape[i] for i in equations.output_axes)
+        if len(contracted) > 1:
+            a = ops.reshape(a, (-1, *contracted, total_rank))
+        if len(outputs) > 1:
+            b = ops.reshape(b, (-1, total_rank, *outputs))
+        return ops.einsum(equations.up, ops.einsum(equations.down, inputs, a), b)
 
     def merged_kernel(self, feature_ids):
         """The kernel of one feature combination, adapters folded in.
@@ -404,13 +450,94 @@ class FLixAdapter:
             variable.assign(store[key])
 
     def _adapter_config(self):
-        return {
+        config = {
             "schema": self.schema.get_config(),
             "rank": dict(self.rank),
             "alpha": dict(self.alpha),
             "a_initializer": keras.initializers.serialize(self.a_initializer.base),
             "b_initializer": keras.initializers.serialize(self.b_initializer),
         }
+        # Left out at its default, as Keras leaves out `lora_rank`: configs
+        # of default layers stay what they were before the option existed.
+        if self.compute_path != "auto":
+            config["compute_path"] = self.compute_path
+        return config
+
+
+def resolve_compute_path(compute_path, num_values, positions):
+    """The path (`"gather"` or `"one_hot"`) a feature type's selection takes.
+
+    For `"auto"`: selecting by one-hot ids costs `num_values` multiply-adds
+    per adapter weight and example, the adapter's own two products cost
+    `positions` (the activations per example, e.g. the sequence length) per
+    weight and example. On CPU and GPU a gather and its scatter-add gradient
+    are cheap, so `"gather"` always wins there; on TPU gathers and scatters
+    are slow and `"one_hot"` is chosen when it costs no more than the
+    adapter itself (`num_values <= positions`), which bounds its overhead by
+    that of the adapter.
+
+    Args:
+        compute_path: the layer's `compute_path` setting.
+        num_values: the feature type's number of values.
+        positions: activations per example, or `None` when not static.
+
+    Returns:
+        `"gather"` or `"one_hot"`.
+    """
+    if compute_path != "auto":
+        return compute_path
+    if positions is not None and num_values <= positions and _on_tpu():
+        return "one_hot"
+    return "gather"
+
+
+def select_rows(table, rows, compute_path):
+    """Each example's row of `table`: `[n_values, ...]` -> `[batch, ...]`.
+
+    Args:
+        table: an adapter table, `[n_values, ...]`.
+        rows: int32 `[batch]` row indices, each in `[0, n_values)`.
+        compute_path: `"gather"` or `"one_hot"` (bit-identical results for
+            finite `table`).
+
+    Returns:
+        `table[rows]`.
+    """
+    if compute_path == "gather":
+        return ops.take(table, rows, axis=0)
+    num_values = table.shape[0]
+    one_hot = ops.one_hot(rows, num_values, dtype=table.dtype)
+    one_hot = ops.reshape(one_hot, (-1, num_values) + (1,) * (len(table.shape) - 1))
+    # Adding exact zeros to the one selected row changes no bit of it.
+    return ops.sum(ops.multiply(one_hot, ops.expand_dims(table, 0)), axis=1)
+
+
+def is_adapter_table(variable):
+    """Whether `variable` is a FLix adapter table (`[n_values, ...]` rows)."""
+    return getattr(variable, "_flix_adapter_table", False)
+
+
+def _positions_per_example(inputs, equations):
+    """The static number of low-rank activations per example, or `None`."""
+    input_term, rest = equations.down.split(",")
+    activations = rest.split("->")[1][:-1]
+    positions = 1
+    for letter in activations[1:]:
+        size = inputs.shape[input_term.index(letter)]
+        if size is None:
+            return None
+        positions *= size
+    return positions
+
+
+@functools.lru_cache(maxsize=None)
+def _on_tpu():
+    try:
+        devices = keras.distribution.list_devices()
+    except (AttributeError, NotImplementedError):
+        # A backend without Keras' distribution API (torch) has no TPU.
+        return False
+    return any(device.lower().startswith("tpu") for device in devices)
 
 
 def _concat(parts, axis):

@@ -35,6 +35,10 @@ class FLixDense(FLixAdapter, keras.layers.Dense):
         a_initializer: initializer of one value's `A` matrix (`[d_in, r]`).
         b_initializer: initializer of `B`; zeros keep the layer equal to its
             base layer until trained.
+        compute_path: how each example's adapters are selected: `"gather"`,
+            `"one_hot"` (same results; no gather or scatter, work grows with
+            the number of values) or `"auto"` (picks per feature type; see
+            `keras_flix.src.layers.flix_adapter.COMPUTE_PATHS`).
         **kwargs: every other argument of `keras.layers.Dense` (activation,
             use_bias, initializers, regularizers, constraints, name, dtype,
             ...), except `lora_rank` and `quantization_config`.
@@ -66,12 +70,15 @@ class FLixDense(FLixAdapter, keras.layers.Dense):
         alpha=None,
         a_initializer="he_uniform",
         b_initializer="zeros",
+        compute_path="auto",
         **kwargs,
     ):
         reject_base_options(type(self).__name__, kwargs)
         default_name(kwargs, "flix_dense")
         super().__init__(units, **kwargs)
-        self._init_adapter(schema, rank, alpha, a_initializer, b_initializer)
+        self._init_adapter(
+            schema, rank, alpha, a_initializer, b_initializer, compute_path
+        )
 
     def build(self, input_shape):
         if self._adopt_base():

@@ -38,6 +38,10 @@ class FLixEinsumDense(FLixAdapter, keras.layers.EinsumDense):
             dict from feature type to number.
         a_initializer: initializer of one value's `A` matrix (`[d_in, r]`).
         b_initializer: initializer of `B` (zeros by default).
+        compute_path: how each example's adapters are selected: `"gather"`,
+            `"one_hot"` (same results; no gather or scatter, work grows with
+            the number of values) or `"auto"` (picks per feature type; see
+            `keras_flix.src.layers.flix_adapter.COMPUTE_PATHS`).
         **kwargs: every other argument of `keras.layers.EinsumDense`, except
             `lora_rank` and `quantization_config`.
 
@@ -69,12 +73,15 @@ class FLixEinsumDense(FLixAdapter, keras.layers.EinsumDense):
         alpha=None,
         a_initializer="he_uniform",
         b_initializer="zeros",
+        compute_path="auto",
         **kwargs,
     ):
         reject_base_options(type(self).__name__, kwargs)
         default_name(kwargs, "flix_einsum_dense")
         super().__init__(equation, output_shape, **kwargs)
-        self._init_adapter(schema, rank, alpha, a_initializer, b_initializer)
+        self._init_adapter(
+            schema, rank, alpha, a_initializer, b_initializer, compute_path
+        )
 
     def build(self, input_shape):
         # Validate the equation before creating any variable.

@@ -1,0 +1,656 @@
+"""Speed and memory of FLix against a frozen base model and Keras LoRA.
+
+One process, on the current `KERAS_BACKEND`, times a random-weight KerasHub
+BERT (MiniLM-L6-like: 6 layers, hidden 384, 12 heads, vocabulary 30522;
+batch 32, sequence 64; dropout 0, see benchmarks/README.md) in these
+configurations:
+
+* `frozen`: the base model alone (inference only).
+* `keras_lora`: KerasHub's `backbone.enable_lora(8)` (query and value).
+* `flix_v8`, `flix_v64`, `flix_v1024`: `keras_flix.retrofit` on query and
+  value with 2 feature types of rank 4 each (the same active rank, 8) and
+  8, 64 or 1024 values per type, trained with Adam.
+* `flix_v1024_lazy`: as `flix_v1024`, trained with `LazyAdam` (row-sparse
+  updates of the adapter tables).
+* `flix_v8_one_hot`: as `flix_v8`, with `compute_path="one_hot"`.
+* `merged_v8`: `keras_flix.merge` of `flix_v8` for one combination
+  (inference only).
+
+Train step: `model.compile(...)` then `model.train_on_batch`, i.e. the step
+`fit` runs: forward, backward and optimizer update, compiled with XLA on jax
+and TensorFlow (`jit_compile=True`) and eager on torch. Inference:
+`predict_on_batch` on a batch whose examples mix feature combinations,
+absent features included. Every configuration is warmed up (compiled)
+first; then the configurations run interleaved for several rounds. A round
+calls every configuration in a rotating order and again in the reverse
+order (a train step once each time, inference twice) and takes the mean of
+its calls, so that a drift in the machine's load within the round affects
+all configurations alike. The table gives the median and minimum over
+rounds; a ratio is the median over rounds of the ratio of the two times
+measured in the same round.
+
+Peak training memory is measured in a fresh subprocess per configuration:
+the resident set size's high-water mark (`VmHWM`, reset after warm-up so
+that compilation does not count) during training steps, minus the resident
+size before the model was built (after imports and `malloc_trim`). It counts
+weights, gradients, optimizer state and activations however the backend
+allocates them (`tracemalloc` would miss XLA's and torch's buffers). On jax
+the probe also reports XLA's own buffer assignment for the compiled train
+step (arguments + temporaries + outputs not aliased to donated arguments),
+which is exact and noise-free; the memory ratio uses it there.
+
+Run:  KERAS_BACKEND=jax python benchmarks/speed.py [--json out.json]
+          [--quick] [--mixed-precision] [--layers 6] [--rounds 6]
+          [--only flix_v8,keras_lora] [--no-memory]
+      python benchmarks/speed.py --backend-info
+"""
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import keras
+import keras_hub
+import numpy as np
+
+import keras_flix as kf
+from keras_flix.optimizers import LazyAdam
+
+FULL = {
+    "vocabulary_size": 30522,
+    "num_layers": 6,
+    "num_heads": 12,
+    "hidden_dim": 384,
+    "intermediate_dim": 1536,
+    "sequence_length": 64,
+    "batch_size": 32,
+    "rank": 8,
+    "values": (8, 64, 1024),
+    "dropout": 0.0,
+    "rounds": 6,
+    "calls": {"train": 1, "infer": 2},
+    "warm_up_calls": 2,
+    "memory_steps": 3,
+}
+QUICK = {
+    "vocabulary_size": 512,
+    "num_layers": 1,
+    "num_heads": 2,
+    "hidden_dim": 32,
+    "intermediate_dim": 64,
+    "sequence_length": 16,
+    "batch_size": 8,
+    "rank": 4,
+    "values": (8, 64, 1024),
+    "dropout": 0.0,
+    "rounds": 3,
+    "calls": {"train": 1, "infer": 1},
+    "warm_up_calls": 1,
+    "memory_steps": 2,
+}
+FEATURE_TYPES = ("language", "task")
+
+# (numerator, denominator, phase or "memory", target): the issue's targets.
+TARGETS = [
+    ("flix_v8", "keras_lora", "train", 1.05),
+    ("flix_v1024", "flix_v8", "train", 1.05),
+    ("flix_v8", "frozen", "infer", 1.10),
+    ("merged_v8", "frozen", "infer", 1.02),
+    ("flix_v8", "keras_lora", "memory", 1.10),
+]
+# Further ratios, reported without a target.
+EXTRA_RATIOS = [
+    ("flix_v64", "flix_v8", "train"),
+    ("flix_v1024_lazy", "flix_v8", "train"),
+    ("flix_v1024_lazy", "flix_v1024", "train"),
+    ("flix_v8_one_hot", "flix_v8", "train"),
+    ("flix_v64", "frozen", "infer"),
+    ("flix_v1024", "frozen", "infer"),
+    ("flix_v8_one_hot", "frozen", "infer"),
+    ("flix_v1024", "flix_v8", "memory"),
+    ("flix_v1024_lazy", "flix_v8", "memory"),
+]
+
+
+def configurations(settings):
+    """Name -> (kind, values per type, optimizer, compute_path, phases)."""
+    small, medium, large = settings["values"]
+    return {
+        "frozen": ("frozen", None, None, None, ("infer",)),
+        "keras_lora": ("keras_lora", None, "adam", None, ("train",)),
+        "flix_v8": ("flix", small, "adam", "auto", ("train", "infer")),
+        "flix_v64": ("flix", medium, "adam", "auto", ("train", "infer")),
+        "flix_v1024": ("flix", large, "adam", "auto", ("train", "infer")),
+        "flix_v1024_lazy": ("flix", large, "lazy_adam", "auto", ("train",)),
+        "flix_v8_one_hot": ("flix", small, "adam", "one_hot", ("train", "infer")),
+        "merged_v8": ("merged", small, None, None, ("infer",)),
+    }
+
+
+MEMORY_PROBES = ("keras_lora", "flix_v8", "flix_v1024", "flix_v1024_lazy")
+QUICK_MEMORY_PROBES = ("keras_lora", "flix_v8")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", help="also write the results to this path")
+    parser.add_argument(
+        "--quick", action="store_true", help="a tiny model and 3 rounds (smoke test)"
+    )
+    parser.add_argument(
+        "--mixed-precision",
+        action="store_true",
+        help="run under the `mixed_bfloat16` dtype policy",
+    )
+    parser.add_argument("--layers", type=int, help="transformer layers")
+    parser.add_argument("--rounds", type=int, help="timed rounds")
+    parser.add_argument(
+        "--no-memory", action="store_true", help="skip the memory subprocesses"
+    )
+    parser.add_argument(
+        "--only",
+        help="comma-separated configurations to run (default: all)",
+    )
+    parser.add_argument(
+        "--backend-info",
+        action="store_true",
+        help="print the backend, versions and machine, then exit",
+    )
+    parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    settings = dict(QUICK if args.quick else FULL)
+    if args.layers is not None:
+        settings["num_layers"] = args.layers
+    if args.rounds is not None:
+        settings["rounds"] = args.rounds
+    return args, settings
+
+
+def backend_info():
+    backend = keras.backend.backend()
+    framework = {"jax": "jax", "tensorflow": "tensorflow", "torch": "torch"}[backend]
+    module = __import__(framework)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    memory_gb = None
+    try:
+        with open("/proc/meminfo") as f:
+            memory_gb = round(int(f.readline().split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return {
+        "backend": backend,
+        "versions": {
+            "python": platform.python_version(),
+            "keras": keras.__version__,
+            "keras_hub": keras_hub.__version__,
+            framework: module.__version__,
+        },
+        "devices": _devices(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "memory_gb": memory_gb,
+        "dtype_policy": keras.config.dtype_policy().name,
+    }
+
+
+def _devices():
+    try:
+        return keras.distribution.list_devices()
+    except (AttributeError, NotImplementedError):
+        import torch
+
+        return ["cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+def build(name, settings, configs, models=None):
+    """The model of configuration `name`, compiled, and its inputs and target.
+
+    Returns:
+        `(model, inputs, target)`, inputs and target as backend tensors.
+    """
+    kind, num_values, optimizer, compute_path, _ = configs[name]
+    batch, length = settings["batch_size"], settings["sequence_length"]
+    rng = np.random.default_rng(0)
+    inputs = {
+        "token_ids": rng.integers(1, settings["vocabulary_size"], (batch, length)),
+        "segment_ids": np.zeros((batch, length)),
+        "padding_mask": np.ones((batch, length)),
+    }
+    inputs = {k: v.astype("int32") for k, v in inputs.items()}
+    target = rng.standard_normal(
+        (batch, length, settings["hidden_dim"])
+    ).astype("float32")
+
+    def backbone():
+        keras.utils.set_random_seed(0)
+        return keras_hub.models.BertBackbone(
+            vocabulary_size=settings["vocabulary_size"],
+            num_layers=settings["num_layers"],
+            num_heads=settings["num_heads"],
+            hidden_dim=settings["hidden_dim"],
+            intermediate_dim=settings["intermediate_dim"],
+            max_sequence_length=settings["sequence_length"],
+            dropout=settings["dropout"],
+        )
+
+    if kind == "frozen":
+        inner = backbone()
+        inner.trainable = False
+    elif kind == "keras_lora":
+        inner = backbone()
+        inner.enable_lora(settings["rank"])
+    elif kind == "flix":
+        schema = kf.FeatureSchema(
+            {t: [f"{t}_{i}" for i in range(num_values)] for t in FEATURE_TYPES}
+        )
+        inner = kf.retrofit(backbone(), schema, rank=settings["rank"] // 2)
+        for layer in inner.flix_layers:
+            layer.compute_path = compute_path
+        # Mixed combinations, absent features (-1) included.
+        inputs["feature_ids"] = rng.integers(-1, num_values, (batch, 2)).astype(
+            "int32"
+        )
+    elif kind == "merged":
+        source = models[f"flix_v{num_values}"][0].inner if models else None
+        if source is None:
+            source = build(f"flix_v{num_values}", settings, configs)[0].inner
+        inner = kf.merge(source, {t: f"{t}_1" for t in FEATURE_TYPES})
+        inner.trainable = False
+    model = SequenceOutput(inner)
+    model.compile(
+        optimizer=(
+            LazyAdam(1e-4) if optimizer == "lazy_adam" else keras.optimizers.Adam(1e-4)
+        ),
+        loss="mse",
+        jit_compile=keras.backend.backend() != "torch",
+    )
+    to_tensor = keras.ops.convert_to_tensor
+    return model, {k: to_tensor(v) for k, v in inputs.items()}, to_tensor(target)
+
+
+class SequenceOutput(keras.Model):
+    """A backbone (or FLix model) reduced to its sequence output."""
+
+    def __init__(self, inner, **kwargs):
+        super().__init__(**kwargs)
+        self.inner = inner
+
+    def call(self, inputs, training=None):
+        return self.inner(inputs, training=training)["sequence_output"]
+
+
+def run_phase(phase, model, inputs, target):
+    if phase == "train":
+        model.train_on_batch(inputs, target)
+    else:
+        model.predict_on_batch(inputs)
+
+
+def time_configurations(settings, configs, log):
+    """Warm-up, then interleaved timed rounds.
+
+    Returns:
+        `(wall-clock samples, CPU-time samples, extras)`, samples as dicts
+        from `(configuration, phase)` to one time per round.
+    """
+    models, extras = {}, {}
+    for name, (kind, *_rest) in configs.items():
+        start = time.perf_counter()
+        models[name] = build(name, settings, configs, models)
+        model = models[name][0]
+        extras[name] = {
+            "trainable_parameters": int(
+                sum(int(_size(v.shape)) for v in model.trainable_variables)
+            )
+        }
+        for phase in configs[name][4]:
+            for _ in range(settings["warm_up_calls"]):
+                run_phase(phase, *models[name])
+        extras[name]["build_and_warm_up_s"] = round(time.perf_counter() - start, 2)
+        log(f"  warmed up {name} ({extras[name]['build_and_warm_up_s']} s)")
+    jobs = [(name, phase) for name in configs for phase in configs[name][4]]
+    samples = {job: [] for job in jobs}
+    cpu_samples = {job: [] for job in jobs}
+    for round_index in range(settings["rounds"]):
+        shift = round_index % len(jobs)
+        order = jobs[shift:] + jobs[:shift]
+        calls = {job: [] for job in jobs}
+        cpu_calls = {job: [] for job in jobs}
+        # Forward then backward: a drift in the machine's load within the
+        # round shifts every job's mean alike.
+        for name, phase in order + order[::-1]:
+            for _ in range(settings["calls"][phase]):
+                start, cpu_start = time.perf_counter(), time.process_time()
+                run_phase(phase, *models[name])
+                calls[(name, phase)].append(time.perf_counter() - start)
+                cpu_calls[(name, phase)].append(time.process_time() - cpu_start)
+        for job in jobs:
+            samples[job].append(statistics.fmean(calls[job]))
+            cpu_samples[job].append(statistics.fmean(cpu_calls[job]))
+        log(f"  round {round_index + 1}/{settings['rounds']}")
+    del models
+    gc.collect()
+    return samples, cpu_samples, extras
+
+
+def _size(shape):
+    size = 1
+    for dim in shape:
+        size *= dim
+    return size
+
+
+def read_status(field):
+    """A `/proc/self/status` field in MiB (Linux), else `None`."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def trim_heap():
+    """Returns freed heap memory to the OS, so RSS counts live memory only."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def memory_probe(name, settings, configs):
+    """Peak training memory of configuration `name` in this fresh process."""
+    keras.ops.convert_to_numpy(keras.ops.ones((2, 2)) + 1)  # Initialize the backend.
+    trim_heap()
+    baseline = read_status("VmRSS")
+    model, inputs, target = build(name, settings, configs)
+    for _ in range(2):
+        model.train_on_batch(inputs, target)
+    trim_heap()
+    steady = read_status("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # Resets VmHWM, so compilation's peak does not count.
+        reset = True
+    except OSError:
+        reset = False
+    for _ in range(settings["memory_steps"]):
+        model.train_on_batch(inputs, target)
+    peak = read_status("VmHWM")
+    result = {
+        "method": "rss_high_water" if reset else "rss_high_water_including_compilation",
+        "peak_mb": None if peak is None else round(peak - baseline, 1),
+        "steady_mb": None if steady is None else round(steady - baseline, 1),
+    }
+    if keras.backend.backend() == "jax":
+        result["xla"] = xla_train_step_analysis(model, inputs, target)
+    return result
+
+
+def xla_train_step_analysis(model, inputs, target):
+    """XLA's buffer sizes and cost estimate for the jitted `train_step`."""
+    import jax
+
+    state = model._get_jax_state(
+        trainable_variables=True,
+        non_trainable_variables=True,
+        optimizer_variables=True,
+        metrics_variables=True,
+    )
+    compiled = (
+        jax.jit(model.train_step, donate_argnums=0)
+        .lower(state, (inputs, target, None))
+        .compile()
+    )
+    memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    mib = 2**20
+    return {
+        "peak_mb": round(
+            (
+                memory.argument_size_in_bytes
+                + memory.temp_size_in_bytes
+                + memory.output_size_in_bytes
+                - memory.alias_size_in_bytes
+            )
+            / mib,
+            1,
+        ),
+        "arguments_mb": round(memory.argument_size_in_bytes / mib, 1),
+        "temporaries_mb": round(memory.temp_size_in_bytes / mib, 1),
+        "gflops": round(cost.get("flops", 0.0) / 1e9, 2),
+        "gbytes_accessed": round(cost.get("bytes accessed", 0.0) / 1e9, 2),
+    }
+
+
+def start_memory_probe(args, name):
+    """Starts the memory probe subprocess of configuration `name`."""
+    flags = ["--" + f.replace("_", "-") for f in ("quick", "mixed_precision") if getattr(args, f)]
+    if args.layers is not None:
+        flags += ["--layers", str(args.layers)]
+    return subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--memory-probe", name, *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish_memory_probe(name, process, log):
+    """Waits for a probe subprocess and returns its result."""
+    stdout, stderr = process.communicate()
+    lines = [line for line in stdout.splitlines() if line.startswith("MEMORY ")]
+    if process.returncode or not lines:
+        raise RuntimeError(
+            f"Memory probe '{name}' failed ({process.returncode}):\n{stderr[-3000:]}"
+        )
+    result = json.loads(lines[-1][len("MEMORY "):])
+    log(f"  memory {name}: {result}")
+    return result
+
+
+def summarize(samples, cpu_samples):
+    return {
+        "median_s": statistics.median(samples),
+        "min_s": min(samples),
+        "cpu_median_s": statistics.median(cpu_samples),
+        "samples_s": [round(s, 5) for s in samples],
+        "cpu_samples_s": [round(s, 5) for s in cpu_samples],
+    }
+
+
+def ratio(samples, cpu_samples, numerator, denominator, phase):
+    a, b = samples.get((numerator, phase)), samples.get((denominator, phase))
+    if not a or not b:
+        return None
+    cpu_a, cpu_b = cpu_samples[(numerator, phase)], cpu_samples[(denominator, phase)]
+    return {
+        "value": statistics.median(x / y for x, y in zip(a, b)),
+        "ratio_of_medians": statistics.median(a) / statistics.median(b),
+        "ratio_of_minimums": min(a) / min(b),
+        "cpu_value": statistics.median(x / y for x, y in zip(cpu_a, cpu_b)),
+    }
+
+
+def memory_figure(memory, name):
+    """The figure memory ratios use: XLA's buffers on jax, else RSS."""
+    probe = memory.get(name)
+    if probe is None:
+        return None, None
+    if "xla" in probe:
+        return probe["xla"]["peak_mb"], "xla_buffer_assignment"
+    return probe["peak_mb"], probe["method"]
+
+
+def collect_ratios(samples, cpu_samples, memory):
+    rows = []
+    for spec in [(*t, True) for t in TARGETS] + [(*e, None, False) for e in EXTRA_RATIOS]:
+        numerator, denominator, phase, target, is_target = spec
+        if phase == "memory":
+            a, method = memory_figure(memory, numerator)
+            b, _ = memory_figure(memory, denominator)
+            if a is None or b is None:
+                continue
+            row = {"value": a / b, "method": method}
+            ra, rb = memory[numerator]["peak_mb"], memory[denominator]["peak_mb"]
+            if ra and rb:
+                row["rss_ratio"] = ra / rb
+        else:
+            row = ratio(samples, cpu_samples, numerator, denominator, phase)
+            if row is None:
+                continue
+        row.update(
+            name=f"{numerator} / {denominator} ({phase})",
+            target=target,
+            met=(row["value"] <= target) if is_target else None,
+        )
+        rows.append(row)
+    return rows
+
+
+def print_report(info, settings, samples, cpu_samples, extras, memory, ratios, configs):
+    print(
+        f"\nBackend {info['backend']} ({info['dtype_policy']}), "
+        f"{info['cpu_count']} CPU cores ({info['cpu']}), "
+        + ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+    )
+    print(
+        f"BERT: {settings['num_layers']} layers, hidden {settings['hidden_dim']}, "
+        f"{settings['num_heads']} heads, batch {settings['batch_size']}, "
+        f"sequence {settings['sequence_length']}, active rank {settings['rank']}; "
+        f"{settings['rounds']} rounds. Times in ms: wall-clock median / minimum "
+        "over rounds, and median CPU time of the process.\n"
+    )
+    header = (
+        f"{'configuration':<17}{'train wall':>16}{'cpu':>7}{'infer wall':>15}"
+        f"{'cpu':>7}{'peak MiB':>10}{'XLA MiB':>9}{'trainable':>12}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name in configs:
+        cells = []
+        for phase in ("train", "infer"):
+            s, c = samples.get((name, phase)), cpu_samples.get((name, phase))
+            if s:
+                times = f"{1e3 * statistics.median(s):.0f} / {1e3 * min(s):.0f}"
+                cells += [f"{times:>{16 if phase == 'train' else 15}}", f"{1e3 * statistics.median(c):7.0f}"]
+            else:
+                cells += [f"{'-':>{16 if phase == 'train' else 15}}", f"{'-':>7}"]
+        probe = memory.get(name, {})
+        cells.append(f"{probe['peak_mb']:10.0f}" if probe.get("peak_mb") else f"{'-':>10}")
+        xla = probe.get("xla", {}).get("peak_mb")
+        cells.append(f"{xla:9.0f}" if xla else f"{'-':>9}")
+        cells.append(f"{extras[name]['trainable_parameters']:12,d}")
+        print(f"{name:<17}" + "".join(cells))
+    print(
+        "\nRatios: median over rounds of the per-round ratio (wall-clock), the "
+        "same for CPU time,\nand the ratios of the medians and of the minimums "
+        "(wall-clock). Memory: XLA buffers on jax, RSS elsewhere."
+    )
+    print(
+        f"{'ratio':<42}{'median':>8}{'cpu':>8}{'of med':>8}{'of min':>8}"
+        f"{'target':>8}  met"
+    )
+    nan = float("nan")
+    for row in ratios:
+        target = f"{row['target']:8.2f}" if row["target"] else f"{'':8}"
+        met = {True: "yes", False: "NO", None: ""}[row["met"]]
+        print(
+            f"{row['name']:<42}{row['value']:8.3f}{row.get('cpu_value', nan):8.3f}"
+            f"{row.get('ratio_of_medians', nan):8.3f}"
+            f"{row.get('ratio_of_minimums', nan):8.3f}{target}  {met}"
+        )
+
+
+def main(argv=None):
+    args, settings = parse_args(argv)
+    if args.mixed_precision:
+        keras.config.set_dtype_policy("mixed_bfloat16")
+    configs = configurations(settings)
+    if args.only:
+        names = args.only.split(",")
+        unknown = sorted(set(names) - set(configs))
+        if unknown:
+            raise SystemExit(f"Unknown configurations {unknown}; known: {list(configs)}")
+        configs = {name: configs[name] for name in names}
+    if args.memory_probe:
+        result = memory_probe(args.memory_probe, settings, configs)
+        print("MEMORY " + json.dumps(result), flush=True)
+        return
+    info = backend_info()
+    if args.backend_info:
+        print(json.dumps(info, indent=2))
+        return
+
+    def log(message):
+        print(message, file=sys.stderr, flush=True)
+
+    start = time.perf_counter()
+    probes = []
+    if not args.no_memory:
+        probes = [
+            name
+            for name in (QUICK_MEMORY_PROBES if args.quick else MEMORY_PROBES)
+            if name in configs
+        ]
+    # A smoke test does not need quiet probes: run them alongside the timing.
+    running = {name: start_memory_probe(args, name) for name in probes} if args.quick else {}
+    log(f"Timing {len(configs)} configurations on {info['backend']} ...")
+    samples, cpu_samples, extras = time_configurations(settings, configs, log)
+    if probes:
+        log("Measuring peak training memory (one subprocess per configuration) ...")
+    memory = {}
+    for name in probes:
+        # Full runs probe one configuration at a time, after the timing, so
+        # that nothing competes with the probe or with the timed steps.
+        process = running.get(name) or start_memory_probe(args, name)
+        memory[name] = finish_memory_probe(name, process, log)
+    ratios = collect_ratios(samples, cpu_samples, memory)
+    print_report(info, settings, samples, cpu_samples, extras, memory, ratios, configs)
+    results = {
+        "info": info,
+        "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
+        "configurations": {
+            name: {
+                "kind": spec[0],
+                "values_per_type": spec[1],
+                "optimizer": spec[2],
+                "compute_path": spec[3],
+                **extras[name],
+                **{
+                    phase: summarize(samples[(name, phase)], cpu_samples[(name, phase)])
+                    for phase in spec[4]
+                },
+                "memory": memory.get(name),
+            }
+            for name, spec in configs.items()
+        },
+        "ratios": ratios,
+        "wall_time_s": round(time.perf_counter() - start, 1),
+    }
+    log(f"Done in {results['wall_time_s']} s.")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

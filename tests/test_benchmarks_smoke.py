@@ -1,0 +1,59 @@
+"""`benchmarks/speed.py --quick` runs and writes well-formed results.
+
+Speed itself is not asserted: timing targets belong to the benchmark's own
+report (see benchmarks/README.md), never to unit tests.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import keras
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "speed.py")
+# Enough for both inference targets and one memory probe, in well under a
+# minute; the other configurations only add more of the same kind.
+CONFIGURATIONS = ["frozen", "flix_v8", "merged_v8"]
+
+
+def test_quick_run_writes_well_formed_json(tmp_path):
+    path = tmp_path / "speed.json"
+    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend()}
+    done = subprocess.run(
+        [
+            sys.executable,
+            SCRIPT,
+            "--quick",
+            "--rounds",
+            "1",
+            "--only",
+            ",".join(CONFIGURATIONS),
+            "--json",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(path.read_text())
+    assert results["info"]["backend"] == keras.backend.backend()
+    assert results["settings"]["rounds"] == 1
+    configurations = results["configurations"]
+    assert list(configurations) == CONFIGURATIONS
+    for name, result in configurations.items():
+        phases = [p for p in ("train", "infer") if p in result]
+        assert phases, name
+        for phase in phases:
+            assert len(result[phase]["samples_s"]) == 1
+            assert 0 < result[phase]["min_s"] <= result[phase]["median_s"]
+    assert configurations["flix_v8"]["memory"]["peak_mb"] > 0
+    assert configurations["frozen"]["memory"] is None
+    ratios = {row["name"]: row for row in results["ratios"]}
+    for name in ("flix_v8 / frozen (infer)", "merged_v8 / frozen (infer)"):
+        row = ratios[name]
+        assert math.isfinite(row["value"]) and row["value"] > 0
+        assert isinstance(row["met"], bool) and row["target"] > 1
