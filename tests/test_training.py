@@ -214,3 +214,27 @@ def test_gradient_checkpointing_of_a_kerashub_backbone():
     x = {**bert_inputs(len(MIXED_IDS), seed=4), "feature_ids": MIXED_IDS}
     y = np.ones((len(MIXED_IDS), 32), "float32")
     assert_same_training(pooled_bert, keras.RematScope(mode="full"), x, y)
+
+
+def test_fit_under_mixed_bfloat16_keeps_float32_adapters_and_learns():
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = kf.retrofit(
+            tiny_classifier(num_classes=4), SCHEMA, rank=4, train_also=["logits"]
+        )
+    finally:
+        keras.config.set_dtype_policy(previous)
+    for layer in model.flix_layers:
+        assert layer.compute_dtype == "bfloat16"
+        assert {v.dtype for v in layer.adapter_variables} == {"float32"}
+    x, y = tagged_texts(128, seed=0)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    losses = model.fit(x, y, batch_size=32, epochs=4, verbose=0).history["loss"]
+    assert all(np.isfinite(losses)), losses
+    assert losses[-1] < losses[0], losses
+    b = to_numpy(model.flix_layers[0].adapter_b["task"])
+    assert np.abs(b).max() > 0
