@@ -68,30 +68,6 @@ def randomize(layer, seed=0):
         variable.assign(rng.standard_normal(variable.shape).astype("float32"))
 
 
-@pytest.mark.parametrize("equation, output_shape, bias_axes, input_shape", EQUATIONS)
-def test_einsum_dense_matches_numpy_reference(
-    equation, output_shape, bias_axes, input_shape
-):
-    layer = make_layer(equation, output_shape, bias_axes, activation="tanh")
-    x = np.random.default_rng(1).standard_normal(input_shape).astype("float32")
-    layer(x, feature_ids=MIXED_IDS)
-    randomize(layer)
-    y = to_numpy(layer(x, feature_ids=MIXED_IDS))
-    for i, ids_row in enumerate(MIXED_IDS):
-        kernel = reference_kernel(layer, equation, ids_row)
-        expected = np.einsum(equation, x[i : i + 1], kernel)
-        if layer.bias is not None:
-            expected = expected + to_numpy(layer.bias)
-        expected = np.tanh(expected)
-        assert max_relative_error(y[i : i + 1], expected) < 1e-5, (equation, i)
-        np.testing.assert_allclose(
-            to_numpy(layer.merged_kernel(ids_row)),
-            kernel,
-            rtol=1e-5,
-            atol=1e-5,
-        )
-
-
 def test_dense_matches_numpy_reference_for_any_rank():
     layer = kf.layers.FLixDense(
         7, schema=SCHEMA, rank=RANKS, alpha=ALPHAS, activation="relu"
