@@ -37,7 +37,9 @@ weights, gradients, optimizer state and activations however the backend
 allocates them (`tracemalloc` would miss XLA's and torch's buffers). On jax
 the probe also reports XLA's own buffer assignment for the compiled train
 step (arguments + temporaries + outputs not aliased to donated arguments),
-which is exact and noise-free; the memory ratio uses it there.
+which is exact and noise-free; the memory ratio uses it there. On TensorFlow
+the ratio uses the peak of TensorFlow's CPU allocator during the measured
+steps (`tf.config.experimental.get_memory_info`): every tensor, nothing else.
 
 Run:  KERAS_BACKEND=jax python benchmarks/speed.py [--json out.json]
           [--quick] [--mixed-precision] [--layers 6] [--rounds 6]
@@ -391,6 +393,10 @@ def memory_probe(name, settings, configs):
         reset = True
     except OSError:
         reset = False
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.reset_memory_stats("CPU:0")
     for _ in range(settings["memory_steps"]):
         model.train_on_batch(inputs, target)
     peak = read_status("VmHWM")
@@ -401,6 +407,14 @@ def memory_probe(name, settings, configs):
     }
     if keras.backend.backend() == "jax":
         result["xla"] = xla_train_step_analysis(model, inputs, target)
+    elif keras.backend.backend() == "tensorflow":
+        # TensorFlow's own CPU allocator: every tensor the steps held, and
+        # nothing else (no executables, no allocator pools).
+        stats = tf.config.experimental.get_memory_info("CPU:0")
+        result["tensorflow_allocator"] = {
+            "peak_mb": round(stats["peak"] / 2**20, 1),
+            "current_mb": round(stats["current"] / 2**20, 1),
+        }
     return result
 
 
@@ -497,6 +511,8 @@ def memory_figure(memory, name):
         return None, None
     if "xla" in probe:
         return probe["xla"]["peak_mb"], "xla_buffer_assignment"
+    if "tensorflow_allocator" in probe:
+        return probe["tensorflow_allocator"]["peak_mb"], "tensorflow_allocator_peak"
     return probe["peak_mb"], probe["method"]
 
 
@@ -563,7 +579,8 @@ def print_report(info, settings, samples, cpu_samples, extras, memory, ratios, c
     print(
         "\nRatios: median over rounds of the per-round ratio (wall-clock), the "
         "same for CPU time,\nand the ratios of the medians and of the minimums "
-        "(wall-clock). Memory: XLA buffers on jax, RSS elsewhere."
+        "(wall-clock). Memory: XLA buffers on jax, TensorFlow's allocator peak on "
+        "tensorflow, RSS on torch."
     )
     print(
         f"{'ratio':<42}{'median':>8}{'cpu':>8}{'of med':>8}{'of min':>8}"
