@@ -98,6 +98,8 @@ def test_every_path_gives_nan_for_out_of_range_ids_in_compiled_graphs(path):
     layer(x, feature_ids=np.zeros((3, 2), "int32"))
     randomize(layer)
     bad = np.array([[0, 0], [3, 0], [0, -5]], "int32")
+    # `call` is what a compiled graph runs: no Python-side check there, and
+    # never another value's adapter.
     for run in compiled_versions(lambda x, ids: layer.call(x, feature_ids=ids)):
         y = to_numpy(run(x, bad))
         assert np.all(np.isfinite(y[0]))
