@@ -10,14 +10,17 @@ configurations:
 * `flix_v8`, `flix_v64`, `flix_v1024`: `keras_flix.retrofit` on query and
   value with 2 feature types of rank 4 each (the same active rank, 8) and
   8, 64 or 1024 values per type, trained with Adam.
-* `flix_v1024_lazy`: as `flix_v1024`, trained with `LazyAdam` (row-sparse
-  updates of the adapter tables).
+* `flix_v8_lazy`, `flix_v1024_lazy`: as `flix_v8`, `flix_v1024`, trained
+  with `LazyAdam` (row-sparse updates of the adapter tables; on jax also
+  row-sparse table gradients, see `FLixModel.train_step`).
 * `flix_v8_one_hot`: as `flix_v8`, with `compute_path="one_hot"`.
 * `merged_v8`: `keras_flix.merge` of `flix_v8` for one combination
   (inference only).
 
-Train step: `model.compile(...)` then `model.train_on_batch`, i.e. the step
-`fit` runs: forward, backward and optimizer update, compiled with XLA on jax
+Every configuration is a Functional model of the backbone's sequence output
+(the FLix ones the `FLixModel` that `retrofit` returns for it), trained
+with a mean squared error. Train step: `model.compile(...)` then
+`model.train_on_batch`, i.e. the step `fit` runs: forward, backward and optimizer update, compiled with XLA on jax
 and TensorFlow (`jit_compile=True`) and eager on torch. Inference:
 `predict_on_batch` on a batch whose examples mix feature combinations,
 absent features included. Every configuration is warmed up (compiled)
@@ -110,6 +113,8 @@ TARGETS = [
 EXTRA_RATIOS = [
     ("flix_v64", "flix_v8", "train"),
     ("flix_v1024_lazy", "flix_v8", "train"),
+    ("flix_v1024_lazy", "flix_v8_lazy", "train"),
+    ("flix_v8_lazy", "flix_v8", "train"),
     ("flix_v1024_lazy", "flix_v1024", "train"),
     ("flix_v8_one_hot", "flix_v8", "train"),
     ("flix_v64", "frozen", "infer"),
@@ -129,6 +134,7 @@ def configurations(settings):
         "flix_v8": ("flix", small, "adam", "auto", ("train", "infer")),
         "flix_v64": ("flix", medium, "adam", "auto", ("train", "infer")),
         "flix_v1024": ("flix", large, "adam", "auto", ("train", "infer")),
+        "flix_v8_lazy": ("flix", small, "lazy_adam", "auto", ("train",)),
         "flix_v1024_lazy": ("flix", large, "lazy_adam", "auto", ("train",)),
         "flix_v8_one_hot": ("flix", small, "adam", "one_hot", ("train", "infer")),
         "merged_v8": ("merged", small, None, None, ("infer",)),
@@ -247,30 +253,39 @@ def build(name, settings, configs, models=None):
             dropout=settings["dropout"],
         )
 
+    def sequence_output(backbone):
+        return keras.Model(backbone.input, backbone.output["sequence_output"])
+
     if kind == "frozen":
-        inner = backbone()
-        inner.trainable = False
+        model = sequence_output(backbone())
+        model.trainable = False
     elif kind == "keras_lora":
-        inner = backbone()
-        inner.enable_lora(settings["rank"])
+        base = backbone()
+        base.enable_lora(settings["rank"])
+        model = sequence_output(base)
     elif kind == "flix":
         schema = kf.FeatureSchema(
             {t: [f"{t}_{i}" for i in range(num_values)] for t in FEATURE_TYPES}
         )
-        inner = kf.retrofit(backbone(), schema, rank=settings["rank"] // 2)
-        for layer in inner.flix_layers:
+        base = backbone()
+        model = kf.retrofit(
+            sequence_output(base),
+            schema,
+            rank=settings["rank"] // 2,
+            target_layers=["query", "value"],  # what `enable_lora` adapts
+        )
+        for layer in model.flix_layers:
             layer.compute_path = compute_path
         # Mixed combinations, absent features (-1) included.
         inputs["feature_ids"] = rng.integers(-1, num_values, (batch, 2)).astype(
             "int32"
         )
     elif kind == "merged":
-        source = models[f"flix_v{num_values}"][0].inner if models else None
+        source = models[f"flix_v{num_values}"][0] if models else None
         if source is None:
-            source = build(f"flix_v{num_values}", settings, configs)[0].inner
-        inner = kf.merge(source, {t: f"{t}_1" for t in FEATURE_TYPES})
-        inner.trainable = False
-    model = SequenceOutput(inner)
+            source = build(f"flix_v{num_values}", settings, configs)[0]
+        model = kf.merge(source, {t: f"{t}_1" for t in FEATURE_TYPES})
+        model.trainable = False
     model.compile(
         optimizer=(
             LazyAdam(1e-4) if optimizer == "lazy_adam" else keras.optimizers.Adam(1e-4)
@@ -280,17 +295,6 @@ def build(name, settings, configs, models=None):
     )
     to_tensor = keras.ops.convert_to_tensor
     return model, {k: to_tensor(v) for k, v in inputs.items()}, to_tensor(target)
-
-
-class SequenceOutput(keras.Model):
-    """A backbone (or FLix model) reduced to its sequence output."""
-
-    def __init__(self, inner, **kwargs):
-        super().__init__(**kwargs)
-        self.inner = inner
-
-    def call(self, inputs, training=None):
-        return self.inner(inputs, training=training)["sequence_output"]
 
 
 def run_phase(phase, model, inputs, target):

@@ -246,6 +246,30 @@ class FLixModel(keras.Model):
         with feature_scope(feature_ids):
             return self.base_model(inputs, training=training)
 
+    def train_step(self, *args, **kwargs):
+        """Keras' training step; on jax with row-sparse table gradients.
+
+        With an optimizer that takes row-sparse gradients
+        (`kf.optimizers.LazyAdam`), the jax step differentiates with
+        respect to the adapter-table rows the batch uses rather than the
+        whole tables (see `keras_flix.src.jax_row_sparse_step`). Other
+        optimizers and backends run Keras' own step.
+        """
+        optimizer = self.optimizer
+        if keras.backend.backend() == "jax" and getattr(
+            optimizer, "takes_row_sparse_gradients", False
+        ):
+            from keras_flix.src.jax_row_sparse_step import row_sparse_train_step
+
+            return row_sparse_train_step(
+                self,
+                *args,
+                feature_ids_of=lambda x: split_feature_ids(
+                    x, f"FLix model '{self.name}'"
+                )[1],
+            )
+        return super().train_step(*args, **kwargs)
+
     def preprocess_samples(self, x, y=None, sample_weight=None):
         """Runs the base model's preprocessing, carrying the ids past it."""
         if self.preprocessor is None:

@@ -43,10 +43,18 @@ class LazyAdam(keras.optimizers.Adam):
     with at most `max_sparse_rows` rows gets a masked update of the whole
     table instead.
 
-    The gradient of a table is still computed as a dense tensor by the
-    backends (on XLA a scatter-add into zeros); `LazyAdam` saves the
-    optimizer's passes over the table, its parameters and both moments,
-    not that one.
+    Gradients: a dense table gradient is read once to find the used rows.
+    Row-sparse gradients skip even that: TensorFlow makes them itself (the
+    gradient of a gather is an `IndexedSlices`), and on jax a `FLixModel`
+    compiled with this optimizer trains with a step that differentiates
+    with respect to the rows the batch uses and passes each table's
+    gradient as a `BCOO` of them (`sparse_gradients=True`, the default),
+    so nothing of the table's size is written but the updated rows. Same
+    numbers as with dense gradients (tested). It is not used, and dense
+    gradients are, when an option needs every gradient dense: `clipnorm`,
+    `global_clipnorm`, `clipvalue`, `gradient_accumulation_steps`,
+    `loss_scale_factor`; nor when the model trained is not the `FLixModel`
+    itself (e.g. a model that wraps it).
 
     Args:
         learning_rate, beta_1, beta_2, epsilon: as for
@@ -55,6 +63,8 @@ class LazyAdam(keras.optimizers.Adam):
             gathers and scatters. Each round moves this many rows whether
             used or not, so about the number of distinct values a batch
             uses (at most the batch size) is best; fewer means more rounds.
+        sparse_gradients: on jax, let `FLixModel.fit` compute row-sparse
+            table gradients (see above). `False` gives Keras' own step.
         **kwargs: the base optimizer's arguments (`weight_decay`,
             `clipnorm`, `name`, ...).
 
@@ -85,6 +95,7 @@ class LazyAdam(keras.optimizers.Adam):
         beta_2=0.999,
         epsilon=1e-7,
         max_sparse_rows=32,
+        sparse_gradients=True,
         name="lazy_adam",
         **kwargs,
     ):
@@ -107,6 +118,25 @@ class LazyAdam(keras.optimizers.Adam):
                 f"{max_sparse_rows!r}"
             )
         self.max_sparse_rows = max_sparse_rows
+        self.sparse_gradients = bool(sparse_gradients)
+
+    @property
+    def takes_row_sparse_gradients(self):
+        """Whether a training step may pass table gradients as sparse rows.
+
+        True when `sparse_gradients` is on and no option transforms every
+        gradient as a dense tensor (clipping, gradient accumulation, a loss
+        scale factor).
+        """
+        return self.sparse_gradients and not any(
+            (
+                self.clipnorm,
+                self.global_clipnorm,
+                self.clipvalue,
+                self.gradient_accumulation_steps,
+                self.loss_scale_factor,
+            )
+        )
 
     def build(self, var_list):
         if self.built:
@@ -154,12 +184,14 @@ class LazyAdam(keras.optimizers.Adam):
             v = v + (ops.square(g) - v) * (1 - self.beta_2)
             return p - m * alpha / (ops.sqrt(v) + self.epsilon), m, v
 
-        if type(gradient).__name__ == "IndexedSlices":
-            # A row-sparse gradient (TensorFlow's gradient of a gather): the
-            # rows it names, repeats included, and their values. It is never
-            # made dense; each round sums the repeats of its rows.
-            indices = ops.cast(gradient.indices, "int32")
-            values = ops.cast(gradient.values, dtype)
+        sparse = _row_sparse_parts(gradient)
+        if sparse is not None:
+            # A row-sparse gradient: the rows it names, repeats included, and
+            # their values. It is never made dense; each round sums the
+            # repeats of its rows.
+            indices, values = sparse
+            indices = ops.cast(indices, "int32")
+            values = ops.cast(values, dtype)
             named = ops.segment_sum(
                 ops.ones_like(indices, dtype="float32"), indices, num_rows
             )
@@ -226,6 +258,7 @@ class LazyAdam(keras.optimizers.Adam):
         config = super().get_config()
         config.pop("amsgrad")
         config["max_sparse_rows"] = self.max_sparse_rows
+        config["sparse_gradients"] = self.sparse_gradients
         return config
 
 
@@ -234,3 +267,18 @@ def _nonzero_rows(x):
     # A sum of magnitudes is zero only for an all-zero row; NaN and inf
     # count, so they reach the weights as they would with Adam.
     return ops.not_equal(ops.sum(ops.abs(x), axis=tuple(range(1, len(x.shape)))), 0)
+
+
+def _row_sparse_parts(gradient):
+    """`(row indices, row values)` of a row-sparse gradient, else `None`.
+
+    TensorFlow's `IndexedSlices` (the gradient of a gather) and jax's `BCOO`
+    with one sparse (row) dimension, as `FLixModel`'s jax training step makes
+    them.
+    """
+    kind = type(gradient).__name__
+    if kind == "IndexedSlices":
+        return gradient.indices, gradient.values
+    if kind == "BCOO" and gradient.n_sparse == 1 and gradient.n_batch == 0:
+        return gradient.indices[:, 0], gradient.data
+    return None

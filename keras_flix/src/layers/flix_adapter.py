@@ -13,6 +13,7 @@ from keras_flix.src.feature_ids import standardize_feature_ids
 from keras_flix.src.feature_scope import ALL_ABSENT
 from keras_flix.src.feature_scope import current_feature_ids
 from keras_flix.src.feature_scope import feature_scope
+from keras_flix.src.layers.gathered_rows import gathered_rows_of
 from keras_flix.src.schema import FeatureSchema
 
 COMPUTE_PATHS = ("auto", "gather", "one_hot")
@@ -342,24 +343,38 @@ class FLixAdapter:
         # All types at once, with NumPy constants: eager backends pay per op.
         num_values = np.array([self.schema.num_values[t] for t in types], "int32")
         scales = np.array([self.scales[t] for t in types], "float32")
-        present = ops.greater_equal(feature_ids, 0)
-        valid = ops.logical_and(
-            ops.greater_equal(feature_ids, -1), ops.less(feature_ids, num_values)
-        )
-        rows = ops.where(ops.logical_and(present, valid), feature_ids, 0)
+        rows, present, valid = adapter_rows(feature_ids, num_values)
         gate = ops.where(valid, ops.where(present, scales, 0.0), math.nan)
         positions = _positions_per_example(inputs, equations)
         a_parts, b_parts = [], []
         for column, feature_type in enumerate(types):
-            path = resolve_compute_path(
-                self.compute_path, int(num_values[column]), positions
-            )
             type_rows = rows[:, column]
-            a = select_rows(self.adapter_a[feature_type], type_rows, path)
+            type_gate = gate[:, column]
+            table_a = self.adapter_a[feature_type]
+            table_b = self.adapter_b[feature_type]
+            gathered_a = gathered_rows_of(table_a)
+            gathered_b = gathered_rows_of(table_b)
+            if gathered_a is None or gathered_b is None:
+                path = resolve_compute_path(
+                    self.compute_path, int(num_values[column]), positions
+                )
+                a = select_rows(table_a, type_rows, path)
+                b = select_rows(table_b, type_rows, path)
+            else:
+                a = ops.take(gathered_a.values, gathered_a.slots, axis=0)
+                b = ops.take(gathered_b.values, gathered_b.slots, axis=0)
+                # The rows were gathered for the model's ids; an example whose
+                # active feature here selects another row gets NaN, never
+                # another value's adapter.
+                agrees = ops.logical_or(
+                    ops.equal(type_rows, gathered_a.rows),
+                    ops.logical_not(present[:, column]),
+                )
+                type_gate = ops.where(agrees, type_gate, math.nan)
             # The scale (0 when absent, NaN when out of range) goes on the
             # small selected `A`, which XLA fuses into the selection.
-            a_parts.append(ops.multiply(a, gate[:, column, None, None]))
-            b_parts.append(select_rows(self.adapter_b[feature_type], type_rows, path))
+            a_parts.append(ops.multiply(a, type_gate[:, None, None]))
+            b_parts.append(b)
         a = _concat(a_parts, axis=-1)
         b = _concat(b_parts, axis=1)
         dtype = keras.backend.standardize_dtype(inputs.dtype)
@@ -489,6 +504,27 @@ def resolve_compute_path(compute_path, num_values, positions):
     if positions is not None and num_values <= positions and _on_tpu():
         return "one_hot"
     return "gather"
+
+
+def adapter_rows(feature_ids, num_values):
+    """Each example's table row per feature type, and which ids are usable.
+
+    Args:
+        feature_ids: int32 `[batch, n_types]`, -1 = absent.
+        num_values: int32 `[n_types]`, the number of values of each type.
+
+    Returns:
+        `(rows, present, valid)`, each `[batch, n_types]`: the row to select
+        (0 where the id is absent or out of range, which the layer then
+        scales by 0 or NaN), whether the id names a value (>= 0), and whether
+        it is in range (-1 included).
+    """
+    present = ops.greater_equal(feature_ids, 0)
+    valid = ops.logical_and(
+        ops.greater_equal(feature_ids, -1), ops.less(feature_ids, num_values)
+    )
+    rows = ops.where(ops.logical_and(present, valid), feature_ids, 0)
+    return rows, present, valid
 
 
 def select_rows(table, rows, compute_path):

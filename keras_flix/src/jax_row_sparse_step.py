@@ -1,0 +1,122 @@
+"""On jax: a FLix training step whose adapter-table gradients are row-sparse.
+
+Keras' jax trainer differentiates the loss with respect to every trainable
+variable, so the gradient of an adapter table of `n_values` rows is a dense
+tensor of the table's shape, written in full at every step although a batch
+uses at most `batch_size` of its rows (TensorFlow avoids this by itself: the
+gradient of a gather is an `IndexedSlices`). This step gathers the rows each
+table's feature type uses in the batch once, differentiates with respect to
+those rows (FLix layers select from them inside a `gathered_rows_scope`),
+and hands the optimizer each table's gradient as a `BCOO` of those rows.
+Nothing of size `n_values` is written except the rows the optimizer updates.
+
+Used by `FLixModel.train_step` when the optimizer asks for it
+(`LazyAdam(sparse_gradients=True)`, the default); this module imports jax
+and is imported only on the jax backend.
+"""
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+from jax.experimental import sparse as jax_sparse
+
+from keras_flix.src.feature_ids import standardize_feature_ids
+from keras_flix.src.layers.flix_adapter import adapter_rows
+from keras_flix.src.layers.gathered_rows import GatheredRows
+from keras_flix.src.layers.gathered_rows import gathered_rows_scope
+
+
+def row_sparse_train_step(model, state, data, feature_ids_of):
+    """`keras.Model.train_step` (jax) with row-sparse table gradients.
+
+    Args:
+        model: the `FLixModel`.
+        state: `(trainable, non_trainable, optimizer, metrics)` variable
+            values, as Keras' jax trainer passes them.
+        data: the batch, `(x, y, sample_weight)` or a prefix of it.
+        feature_ids_of: a function from `x` to the batch's feature ids.
+
+    Returns:
+        `(logs, state)`, as Keras' jax `train_step` returns them.
+    """
+    trainable, non_trainable, optimizer_values, metrics_values = state
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    schema = model.schema
+    feature_ids = standardize_feature_ids(feature_ids_of(x), schema)
+    num_values = np.array([schema.num_values[t] for t in schema.feature_types])
+    rows, _, _ = adapter_rows(feature_ids, num_values)
+    batch_size = rows.shape[0]
+    # Per feature type: the distinct rows the batch uses (padded with copies
+    # of the first, which no example selects) and each example's slot.
+    used = {}
+    for column, feature_type in enumerate(schema.feature_types):
+        unique, slots = jnp.unique(
+            rows[:, column], size=batch_size, return_inverse=True
+        )
+        used[feature_type] = (unique, jnp.reshape(slots, (-1,)), rows[:, column])
+
+    table_types = _table_feature_types(model)
+    variables = model.trainable_variables
+    tables = {
+        index: table_types[id(variable)]
+        for index, variable in enumerate(variables)
+        if id(variable) in table_types
+    }
+    differentiated = [
+        jnp.take(value, used[tables[index]][0], axis=0) if index in tables else value
+        for index, value in enumerate(trainable)
+    ]
+
+    def loss_and_updates(differentiated):
+        values = [
+            trainable[index] if index in tables else value
+            for index, value in enumerate(differentiated)
+        ]
+        gathered = {
+            id(variables[index]): GatheredRows(
+                differentiated[index], used[feature_type][1], used[feature_type][2]
+            )
+            for index, feature_type in tables.items()
+        }
+        with gathered_rows_scope(gathered):
+            return model.compute_loss_and_updates(
+                values,
+                non_trainable,
+                metrics_values,
+                x,
+                y,
+                sample_weight,
+                training=True,
+                optimizer_variables=optimizer_values,
+            )
+
+    (_, aux), grads = jax.value_and_grad(loss_and_updates, has_aux=True)(
+        differentiated
+    )
+    unscaled_loss, y_pred, non_trainable, metrics_values = aux
+    grads = [
+        jax_sparse.BCOO(
+            (grad, used[tables[index]][0][:, None]), shape=trainable[index].shape
+        )
+        if index in tables
+        else grad
+        for index, grad in enumerate(grads)
+    ]
+    trainable, optimizer_values = model.optimizer.stateless_apply(
+        optimizer_values, grads, trainable
+    )
+    logs, metrics_values = model._update_metrics_variables(
+        metrics_values, unscaled_loss, x, y, y_pred, sample_weight
+    )
+    return logs, (trainable, non_trainable, optimizer_values, metrics_values)
+
+
+def _table_feature_types(model):
+    """`id(table variable)` -> its feature type, for the model's FLix layers."""
+    return {
+        id(table): feature_type
+        for layer in model.flix_layers
+        for feature_type in layer.schema.feature_types
+        for table in (layer.adapter_a[feature_type], layer.adapter_b[feature_type])
+    }
