@@ -61,6 +61,16 @@ def test_jax_data_parallel():
     assert result["max_weight_difference"] < 1e-5
 
 
+@only_on("jax")
+@pytest.mark.parametrize("mode", ["data_parallel", "values_sharded"])
+def test_jax_row_sparse_lazy_adam_step_distributed(mode):
+    # The FLixModel trained with LazyAdam (row-sparse table gradients), on a
+    # data-parallel mesh and with the value axis sharded over "model".
+    result = run_script("jax_parallel.py", mode, "lazy_adam")
+    np.testing.assert_allclose(result["losses"], result["single_losses"], rtol=1e-5)
+    assert result["max_weight_difference"] < 1e-5
+
+
 @only_on("tensorflow")
 def test_tf_mirrored_strategy():
     result = run_script("tf_mirrored.py")

@@ -1,7 +1,9 @@
 """FLix training on 8 simulated CPU devices with keras.distribution (JAX).
 
 Run as a script in its own process: the device count must be set before JAX
-is imported. Prints one JSON line with the single-device and distributed
+is imported. Arguments: the mode, then optionally `lazy_adam` to train the
+`FLixModel` itself with `LazyAdam` (row-sparse table gradients) instead of
+a wrapper with SGD. Prints one JSON line with the single-device and distributed
 losses, the largest weight difference after training, and the shardings of
 the adapter variables.
 """
@@ -69,18 +71,28 @@ class Sequence(keras.Model):
         return outputs["sequence_output"] if isinstance(outputs, dict) else outputs
 
 
-def train(make_backbone, distribution, initial_weights=None):
+def train(make_backbone, distribution, initial_weights=None, lazy_adam=False):
     keras.distribution.set_distribution(distribution)
     keras.utils.set_random_seed(0)
     backbone = make_backbone()
-    model = kf.retrofit(backbone, SCHEMA, rank=2, target_layers=[".*(query|value|attention_output|ffw_linear|_dense)"])
+    targets = [".*(query|value|attention_output|ffw_linear|_dense)"]
+    base = backbone
+    if lazy_adam and isinstance(backbone.output, dict):
+        # The FLixModel itself is trained (so its row-sparse jax step runs):
+        # it needs the sequence output alone.
+        base = keras.Model(backbone.input, backbone.output["sequence_output"])
+    model = kf.retrofit(base, SCHEMA, rank=2, target_layers=targets)
     if initial_weights is not None:
         model.set_weights(initial_weights)
     else:
         randomize_adapters(model, seed=1, scale=0.1)
     weights = model.get_weights()
-    wrapper = Sequence(model)
-    wrapper.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    if lazy_adam:
+        wrapper = model
+        wrapper.compile(optimizer=kf.optimizers.LazyAdam(0.01), loss="mse")
+    else:
+        wrapper = Sequence(model)
+        wrapper.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
     x, y = data(32)
     if "segment_ids" in backbone.input:
         x["segment_ids"] = np.zeros((BATCH, LENGTH), "int32")
@@ -99,7 +111,8 @@ def train(make_backbone, distribution, initial_weights=None):
     return result, weights
 
 
-def main(mode):
+def main(mode, optimizer="sgd"):
+    lazy_adam = optimizer == "lazy_adam"
     devices = jax.devices()
     assert len(devices) == 8, devices
     if mode in ("model_parallel", "values_sharded"):
@@ -115,8 +128,10 @@ def main(mode):
     else:
         make = bert
         distribution = keras.distribution.DataParallel(devices=devices)
-    (single_losses, single_weights, _, _), initial = train(make, None)
-    (losses, weights, shardings, kernel_shardings), _ = train(make, distribution, initial)
+    (single_losses, single_weights, _, _), initial = train(make, None, lazy_adam=lazy_adam)
+    (losses, weights, shardings, kernel_shardings), _ = train(
+        make, distribution, initial, lazy_adam=lazy_adam
+    )
     print(json.dumps({
         "single_losses": single_losses,
         "losses": losses,
@@ -129,4 +144,4 @@ def main(mode):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])
