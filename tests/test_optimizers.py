@@ -158,22 +158,24 @@ def test_config_round_trip_and_bad_arguments():
 
 
 def row_sparse_gradient(values, indices, shape):
-    """The backend's row-sparse gradient: `IndexedSlices` or a jax `BCOO`."""
+    """The backend's row-sparse gradient: `IndexedSlices`, `BCOO` or torch COO."""
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
         return tf.IndexedSlices(
             tf.constant(values), tf.constant(indices), tf.constant(shape)
         )
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.sparse_coo_tensor(
+            torch.from_numpy(indices)[None], torch.from_numpy(values), shape
+        )
     from jax.experimental import sparse as jax_sparse
 
     return jax_sparse.BCOO((values, indices[:, None]), shape=shape)
 
 
-@pytest.mark.skipif(
-    keras.backend.backend() == "torch",
-    reason="row-sparse gradients: TensorFlow's IndexedSlices, jax's BCOO",
-)
 @pytest.mark.parametrize("max_sparse_rows", [1, 2, 256])
 def test_row_sparse_gradients_update_like_their_dense_sum(max_sparse_rows):
     layers = [table_layer(), table_layer()]

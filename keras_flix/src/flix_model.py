@@ -247,20 +247,23 @@ class FLixModel(keras.Model):
             return self.base_model(inputs, training=training)
 
     def train_step(self, *args, **kwargs):
-        """Keras' training step; on jax with row-sparse table gradients.
+        """Keras' training step, with row-sparse table gradients on jax and torch.
 
         With an optimizer that takes row-sparse gradients
-        (`kf.optimizers.LazyAdam`), the jax step differentiates with
-        respect to the adapter-table rows the batch uses rather than the
-        whole tables (see `keras_flix.src.jax_row_sparse_step`). Other
-        optimizers and backends run Keras' own step.
+        (`kf.optimizers.LazyAdam`), the jax and torch steps differentiate
+        with respect to the adapter-table rows the batch uses rather than
+        the whole tables (see `keras_flix.src.jax_row_sparse_step`). Other
+        optimizers run Keras' own step; TensorFlow's gradients of the
+        tables are row-sparse (`IndexedSlices`) by themselves.
         """
-        optimizer = self.optimizer
-        if keras.backend.backend() == "jax" and getattr(
-            optimizer, "takes_row_sparse_gradients", False
+        backend = keras.backend.backend()
+        if backend in ("jax", "torch") and getattr(
+            self.optimizer, "takes_row_sparse_gradients", False
         ):
-            from keras_flix.src.jax_row_sparse_step import row_sparse_train_step
-
+            if backend == "jax":
+                from keras_flix.src.jax_row_sparse_step import row_sparse_train_step
+            else:
+                from keras_flix.src.torch_row_sparse_step import row_sparse_train_step
             return row_sparse_train_step(
                 self,
                 *args,

@@ -18,13 +18,12 @@ and is imported only on the jax backend.
 import jax
 import jax.numpy as jnp
 import keras
-import numpy as np
 from jax.experimental import sparse as jax_sparse
 
-from keras_flix.src.feature_ids import standardize_feature_ids
-from keras_flix.src.layers.flix_adapter import adapter_rows
 from keras_flix.src.layers.gathered_rows import GatheredRows
 from keras_flix.src.layers.gathered_rows import gathered_rows_scope
+from keras_flix.src.row_sparse_tables import adapter_tables
+from keras_flix.src.row_sparse_tables import batch_rows
 
 
 def row_sparse_train_step(model, state, data, feature_ids_of):
@@ -42,27 +41,18 @@ def row_sparse_train_step(model, state, data, feature_ids_of):
     """
     trainable, non_trainable, optimizer_values, metrics_values = state
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    schema = model.schema
-    feature_ids = standardize_feature_ids(feature_ids_of(x), schema)
-    num_values = np.array([schema.num_values[t] for t in schema.feature_types])
-    rows, _, _ = adapter_rows(feature_ids, num_values)
+    rows = batch_rows(model, x, feature_ids_of)
     batch_size = rows.shape[0]
     # Per feature type: the distinct rows the batch uses (padded with copies
     # of the first, which no example selects) and each example's slot.
     used = {}
-    for column, feature_type in enumerate(schema.feature_types):
+    for column, feature_type in enumerate(model.schema.feature_types):
         unique, slots = jnp.unique(
             rows[:, column], size=batch_size, return_inverse=True
         )
         used[feature_type] = (unique, jnp.reshape(slots, (-1,)), rows[:, column])
-
-    table_types = _table_feature_types(model)
+    tables = adapter_tables(model)
     variables = model.trainable_variables
-    tables = {
-        index: table_types[id(variable)]
-        for index, variable in enumerate(variables)
-        if id(variable) in table_types
-    }
     differentiated = [
         jnp.take(value, used[tables[index]][0], axis=0) if index in tables else value
         for index, value in enumerate(trainable)
@@ -111,12 +101,3 @@ def row_sparse_train_step(model, state, data, feature_ids_of):
     )
     return logs, (trainable, non_trainable, optimizer_values, metrics_values)
 
-
-def _table_feature_types(model):
-    """`id(table variable)` -> its feature type, for the model's FLix layers."""
-    return {
-        id(table): feature_type
-        for layer in model.flix_layers
-        for feature_type in layer.schema.feature_types
-        for table in (layer.adapter_a[feature_type], layer.adapter_b[feature_type])
-    }

@@ -48,7 +48,8 @@ class LazyAdam(keras.optimizers.Adam):
     gradient of a gather is an `IndexedSlices`), and on jax a `FLixModel`
     compiled with this optimizer trains with a step that differentiates
     with respect to the rows the batch uses and passes each table's
-    gradient as a `BCOO` of them (`sparse_gradients=True`, the default),
+    gradient as a `BCOO` of them (`sparse_gradients=True`, the default;
+    likewise on torch, with sparse COO gradients),
     so nothing of the table's size is written but the updated rows. Same
     numbers as with dense gradients (tested). It is not used, and dense
     gradients are, when an option needs every gradient dense: `clipnorm`,
@@ -63,8 +64,9 @@ class LazyAdam(keras.optimizers.Adam):
             gathers and scatters. Each round moves this many rows whether
             used or not, so about the number of distinct values a batch
             uses (at most the batch size) is best; fewer means more rounds.
-        sparse_gradients: on jax, let `FLixModel.fit` compute row-sparse
-            table gradients (see above). `False` gives Keras' own step.
+        sparse_gradients: on jax and torch, let `FLixModel.fit` compute
+            row-sparse table gradients (see above). `False` gives Keras' own
+            step.
         **kwargs: the base optimizer's arguments (`weight_decay`,
             `clipnorm`, `name`, ...).
 
@@ -272,11 +274,14 @@ def _nonzero_rows(x):
 def _row_sparse_parts(gradient):
     """`(row indices, row values)` of a row-sparse gradient, else `None`.
 
-    TensorFlow's `IndexedSlices` (the gradient of a gather) and jax's `BCOO`
-    with one sparse (row) dimension, as `FLixModel`'s jax training step makes
-    them.
+    TensorFlow's `IndexedSlices` (the gradient of a gather), and the jax
+    `BCOO` and torch sparse COO tensors with one sparse (row) dimension that
+    `FLixModel`'s jax and torch training steps make.
     """
     kind = type(gradient).__name__
+    if getattr(gradient, "is_sparse", False) is True:  # torch sparse COO
+        gradient = gradient.coalesce()
+        return gradient.indices()[0], gradient.values()
     if kind == "IndexedSlices":
         return gradient.indices, gradient.values
     if kind == "BCOO" and gradient.n_sparse == 1 and gradient.n_batch == 0:
