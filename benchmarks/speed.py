@@ -11,8 +11,8 @@ configurations:
   value with 2 feature types of rank 4 each (the same active rank, 8) and
   8, 64 or 1024 values per type, trained with Adam.
 * `flix_v8_lazy`, `flix_v1024_lazy`: as `flix_v8`, `flix_v1024`, trained
-  with `LazyAdam` (row-sparse updates of the adapter tables; on jax also
-  row-sparse table gradients, see `FLixModel.train_step`).
+  with `LazyAdam` (row-sparse updates of the adapter tables; on jax and
+  torch also row-sparse table gradients, see `FLixModel.train_step`).
 * `flix_v8_one_hot`: as `flix_v8`, with `compute_path="one_hot"`.
 * `merged_v8`: `keras_flix.merge` of `flix_v8` for one combination
   (inference only).
@@ -20,8 +20,9 @@ configurations:
 Every configuration is a Functional model of the backbone's sequence output
 (the FLix ones the `FLixModel` that `retrofit` returns for it), trained
 with a mean squared error. Train step: `model.compile(...)` then
-`model.train_on_batch`, i.e. the step `fit` runs: forward, backward and optimizer update, compiled with XLA on jax
-and TensorFlow (`jit_compile=True`) and eager on torch. Inference:
+`model.train_on_batch`, i.e. the step `fit` runs: forward, backward and
+optimizer update, compiled with XLA on jax and TensorFlow
+(`jit_compile=True`) and eager on torch. Inference:
 `predict_on_batch` on a batch whose examples mix feature combinations,
 absent features included. Every configuration is warmed up (compiled)
 first; then the configurations run interleaved for several rounds. A round

@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import keras
 from jax.experimental import sparse as jax_sparse
 
-from keras_flix.src.layers.gathered_rows import GatheredRows
 from keras_flix.src.layers.gathered_rows import gathered_rows_scope
 from keras_flix.src.row_sparse_tables import adapter_tables
-from keras_flix.src.row_sparse_tables import batch_rows
+from keras_flix.src.row_sparse_tables import gathered_rows_by_table
+from keras_flix.src.row_sparse_tables import used_rows
 
 
 def row_sparse_train_step(model, state, data, feature_ids_of):
@@ -41,16 +41,7 @@ def row_sparse_train_step(model, state, data, feature_ids_of):
     """
     trainable, non_trainable, optimizer_values, metrics_values = state
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    rows = batch_rows(model, x, feature_ids_of)
-    batch_size = rows.shape[0]
-    # Per feature type: the distinct rows the batch uses (padded with copies
-    # of the first, which no example selects) and each example's slot.
-    used = {}
-    for column, feature_type in enumerate(model.schema.feature_types):
-        unique, slots = jnp.unique(
-            rows[:, column], size=batch_size, return_inverse=True
-        )
-        used[feature_type] = (unique, jnp.reshape(slots, (-1,)), rows[:, column])
+    used = used_rows(model, x, feature_ids_of, _unique_with_slots)
     tables = adapter_tables(model)
     variables = model.trainable_variables
     differentiated = [
@@ -63,12 +54,9 @@ def row_sparse_train_step(model, state, data, feature_ids_of):
             trainable[index] if index in tables else value
             for index, value in enumerate(differentiated)
         ]
-        gathered = {
-            id(variables[index]): GatheredRows(
-                differentiated[index], used[feature_type][1], used[feature_type][2]
-            )
-            for index, feature_type in tables.items()
-        }
+        gathered = gathered_rows_by_table(
+            variables, tables, dict(enumerate(differentiated)), used
+        )
         with gathered_rows_scope(gathered):
             return model.compute_loss_and_updates(
                 values,
@@ -101,3 +89,9 @@ def row_sparse_train_step(model, state, data, feature_ids_of):
     )
     return logs, (trainable, non_trainable, optimizer_values, metrics_values)
 
+
+def _unique_with_slots(rows):
+    # A static size keeps shapes fixed under jit: the distinct rows are padded
+    # with copies of the first, which no example's slot points to.
+    unique, slots = jnp.unique(rows, size=rows.shape[0], return_inverse=True)
+    return unique, jnp.reshape(slots, (-1,))

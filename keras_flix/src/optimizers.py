@@ -45,13 +45,13 @@ class LazyAdam(keras.optimizers.Adam):
 
     Gradients: a dense table gradient is read once to find the used rows.
     Row-sparse gradients skip even that: TensorFlow makes them itself (the
-    gradient of a gather is an `IndexedSlices`), and on jax a `FLixModel`
-    compiled with this optimizer trains with a step that differentiates
-    with respect to the rows the batch uses and passes each table's
-    gradient as a `BCOO` of them (`sparse_gradients=True`, the default;
-    likewise on torch, with sparse COO gradients),
-    so nothing of the table's size is written but the updated rows. Same
-    numbers as with dense gradients (tested). It is not used, and dense
+    gradient of a gather is an `IndexedSlices`), and on jax and torch a
+    `FLixModel` compiled with this optimizer trains with a step that
+    differentiates with respect to the rows the batch uses and passes each
+    table's gradient as a jax `BCOO` or torch sparse COO tensor of them
+    (`sparse_gradients=True`, the default), so nothing of the table's size
+    is written but the updated rows. Same numbers as with dense gradients
+    (tested). It is not used, and dense
     gradients are, when an option needs every gradient dense: `clipnorm`,
     `global_clipnorm`, `clipvalue`, `gradient_accumulation_steps`,
     `loss_scale_factor`; nor when the model trained is not the `FLixModel`

@@ -14,10 +14,10 @@ and is imported only on the torch backend.
 import keras
 import torch
 
-from keras_flix.src.layers.gathered_rows import GatheredRows
 from keras_flix.src.layers.gathered_rows import gathered_rows_scope
 from keras_flix.src.row_sparse_tables import adapter_tables
-from keras_flix.src.row_sparse_tables import batch_rows
+from keras_flix.src.row_sparse_tables import gathered_rows_by_table
+from keras_flix.src.row_sparse_tables import used_rows
 
 
 def row_sparse_train_step(model, data, feature_ids_of):
@@ -32,23 +32,16 @@ def row_sparse_train_step(model, data, feature_ids_of):
         The metrics' results, as Keras' torch `train_step` returns them.
     """
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    rows = batch_rows(model, x, feature_ids_of)
-    used = {}
-    for column, feature_type in enumerate(model.schema.feature_types):
-        unique, slots = torch.unique(rows[:, column], return_inverse=True)
-        used[feature_type] = (unique, slots, rows[:, column])
+    used = used_rows(
+        model, x, feature_ids_of, lambda rows: torch.unique(rows, return_inverse=True)
+    )
     tables = adapter_tables(model)
     variables = model.trainable_variables
     gathered_rows = {
         index: variables[index].value.detach()[used[feature_type][0]].requires_grad_()
         for index, feature_type in tables.items()
     }
-    gathered = {
-        id(variables[index]): GatheredRows(
-            gathered_rows[index], used[feature_type][1], used[feature_type][2]
-        )
-        for index, feature_type in tables.items()
-    }
+    gathered = gathered_rows_by_table(variables, tables, gathered_rows, used)
     with gathered_rows_scope(gathered):
         y_pred = model(x, training=True)
     model.zero_grad()
@@ -56,7 +49,8 @@ def row_sparse_train_step(model, data, feature_ids_of):
         x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
     )
     model._loss_tracker.update_state(
-        loss, sample_weight=keras.tree.flatten(x)[0].shape[0]
+        loss,
+        sample_weight=next(i for i in keras.tree.flatten(x) if i is not None).shape[0],
     )
     model.optimizer.scale_loss(loss).backward()
     grads = []

@@ -4,7 +4,7 @@ A FLix layer normally selects each example's adapter from its tables with a
 gather, so the gradient with respect to a table is a dense tensor of the
 table's shape (zeros, plus the rows the batch used). A training step that
 wants gradients with respect to the used rows only (see
-`keras_flix.src.jax_row_sparse_step`) gathers those rows itself, once per
+`keras_flix.src.jax_row_sparse_step` and `torch_row_sparse_step`) gathers those rows itself, once per
 table, and opens a `gathered_rows_scope`; inside it a FLix layer selects
 each example's adapter from the gathered rows instead of the table, so the
 gathered rows, not the table, are what the step differentiates.
