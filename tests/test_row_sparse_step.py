@@ -155,6 +155,20 @@ def test_row_sparse_step_out_of_range_ids_give_nan_loss():
     assert math.isnan(model.train_on_batch(x, y))
 
 
+def test_a_model_without_trainable_tables_trains_with_keras_step():
+    inputs = keras.Input((4,))
+    base = keras.Model(inputs, keras.layers.Dense(3, name="proj")(inputs))
+    model = kf.retrofit(base, SCHEMA, rank=2, target_layers=["proj"])
+    model.trainable = False
+    model.compile(optimizer=LazyAdam(0.01), loss="mse")
+    before = [to_numpy(v).copy() for v in model.weights]
+    x = {"inputs": np.ones((len(MIXED_IDS), 4), "float32"), "feature_ids": MIXED_IDS}
+    loss = model.train_on_batch(x, np.ones((len(MIXED_IDS), 3), "float32"))
+    assert np.isfinite(loss)
+    for old, new in zip(before, model.weights):
+        np.testing.assert_array_equal(to_numpy(new), old)
+
+
 def test_options_that_need_dense_gradients_turn_row_sparse_off():
     assert LazyAdam().takes_row_sparse_gradients
     assert not LazyAdam(sparse_gradients=False).takes_row_sparse_gradients

@@ -13,6 +13,7 @@ from keras_flix.src.feature_scope import current_feature_ids
 from keras_flix.src.feature_scope import feature_scope
 from keras_flix.src.layers.feature_dropout import FeatureDropout
 from keras_flix.src.schema import FeatureSchema
+from keras_flix.src.row_sparse_tables import adapter_tables
 
 FEATURE_IDS_KEY = "feature_ids"
 """The input key that carries feature ids."""
@@ -257,8 +258,11 @@ class FLixModel(keras.Model):
         tables are row-sparse (`IndexedSlices`) by themselves.
         """
         backend = keras.backend.backend()
-        if backend in ("jax", "torch") and getattr(
-            self.optimizer, "takes_row_sparse_gradients", False
+        if (
+            backend in ("jax", "torch")
+            and getattr(self.optimizer, "takes_row_sparse_gradients", False)
+            # Without trainable tables there is nothing to make row-sparse.
+            and adapter_tables(self)
         ):
             if backend == "jax":
                 from keras_flix.src.jax_row_sparse_step import row_sparse_train_step
