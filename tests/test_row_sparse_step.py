@@ -182,3 +182,6 @@ def test_options_that_need_dense_gradients_turn_row_sparse_off():
         assert not LazyAdam(**option).takes_row_sparse_gradients, option
     config = LazyAdam(sparse_gradients=False).get_config()
     assert LazyAdam.from_config(config).sparse_gradients is False
+    for bad in ("no", 0, None):
+        with pytest.raises(ValueError, match="`sparse_gradients` must be True or False"):
+            LazyAdam(sparse_gradients=bad)

@@ -120,7 +120,12 @@ class LazyAdam(keras.optimizers.Adam):
                 f"{max_sparse_rows!r}"
             )
         self.max_sparse_rows = max_sparse_rows
-        self.sparse_gradients = bool(sparse_gradients)
+        if not isinstance(sparse_gradients, bool):
+            raise ValueError(
+                "`sparse_gradients` must be True or False. Received: "
+                f"{sparse_gradients!r}"
+            )
+        self.sparse_gradients = sparse_gradients
 
     @property
     def takes_row_sparse_gradients(self):
