@@ -19,6 +19,15 @@ have no training data at all; FLix runs them with the language feature
 absent, so only the task adapter acts."""
 
 
+PARAMETER_KEYS = (
+    "trainable", "adapters", "active_adapters_per_example", "head", "other_trainable",
+)
+
+
+def _seconds(value):
+    return "–" if value is None else f"{value:.2f}"
+
+
 def _points(value):
     return "–" if value is None else f"{100 * value:.1f}"
 
@@ -38,36 +47,44 @@ def _signed(entry):
     return f"{100 * entry['mean']:+.1f}{std}{mark}"
 
 
-def summary_table(summary, titles, methods):
-    lines = ["| method | " + " | ".join(KINDS) + " |", "|---" * (len(KINDS) + 1) + "|"]
-    for m in methods:
-        if m in summary:
-            cells = [_mean_std(summary[m].get(k)) for k in KINDS]
-            lines.append(f"| {titles[m]} | " + " | ".join(cells) + " |")
+def markdown_table(header, rows):
+    """A Markdown table from a header row and rows of cells."""
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def summary_table(summary, titles, methods):
+    return markdown_table(
+        ["method", *KINDS],
+        [
+            [titles[m]] + [_mean_std(summary[m].get(k)) for k in KINDS]
+            for m in methods
+            if m in summary
+        ],
+    )
 
 
 def paired_table(paired, titles, method):
-    lines = [
-        f"| {titles[method]} − | " + " | ".join(KINDS) + " |",
-        "|---" * (len(KINDS) + 1) + "|",
-    ]
-    for baseline, by_kind in paired.items():
-        cells = [_signed(by_kind.get(k)) for k in KINDS]
-        lines.append(f"| {titles[baseline]} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return markdown_table(
+        [f"{titles[method]} −", *KINDS],
+        [
+            [titles[baseline]] + [_signed(by_kind.get(k)) for k in KINDS]
+            for baseline, by_kind in paired.items()
+        ],
+    )
 
 
 def breakdown_table(breakdown, axis, titles, methods):
-    groups = breakdown.get(axis, {})
-    header = f"| {axis} | method | " + " | ".join(KINDS) + " |"
-    lines = [header, "|---" * (len(KINDS) + 2) + "|"]
-    for group, by_method in groups.items():
-        for m in methods:
-            if m in by_method:
-                cells = [_points(by_method[m].get(k)) for k in KINDS]
-                lines.append(f"| {group} | {titles[m]} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return markdown_table(
+        [axis, "method", *KINDS],
+        [
+            [group, titles[m]] + [_points(by_method[m].get(k)) for k in KINDS]
+            for group, by_method in breakdown.get(axis, {}).items()
+            for m in methods
+            if m in by_method
+        ],
+    )
 
 
 def write_report(path, results, titles):
@@ -119,39 +136,42 @@ def write_report(path, results, titles):
         f"Learning rates are chosen on the dev split only, from the grid "
         f"{config['lr_grid']}; the last column says how each was set for this study.",
         "",
-        "| method | peak learning rate | how it was set |",
-        "|---|---|---|",
-    ]
-    lines += [
-        f"| {titles[m]} | {lr:g} | {config['lr_source'][m]} |"
-        for m, lr in config["lr"].items()
-    ]
-    lines += [
+        markdown_table(
+            ["method", "peak learning rate", "how it was set"],
+            [
+                [titles[m], f"{lr:g}", config["lr_source"][m]]
+                for m, lr in config["lr"].items()
+            ],
+        ),
         "",
         "## Runs",
         "",
-        "| method | lr | seed | final training loss | median step (s) | wall (s) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for run in results["runs"]:
-        s = run["settings"]
-        step = run["step_seconds_median"]
-        lines.append(
-            f"| {titles[s['method']]} | {s['lr']:g} | {s['seed']} | {run['loss']:.3f} | "
-            f"{'–' if step is None else f'{step:.2f}'} | {run['seconds']:.0f} |"
-        )
-    lines += [
+        markdown_table(
+            ["method", "lr", "seed", "final training loss", "median step (s)", "wall (s)"],
+            [
+                [
+                    titles[run["settings"]["method"]],
+                    f"{run['settings']['lr']:g}",
+                    str(run["settings"]["seed"]),
+                    f"{run['loss']:.3f}",
+                    _seconds(run["step_seconds_median"]),
+                    f"{run['seconds']:.0f}",
+                ]
+                for run in results["runs"]
+            ],
+        ),
         "",
         "## Trainable parameters",
         "",
-        "| method | trainable | adapters (all) | adapters active per example | head | other |",
-        "|---|---|---|---|---|---|",
+        markdown_table(
+            ["method", "trainable", "adapters (all)", "adapters active per example",
+             "head", "other"],
+            [
+                [titles[m]] + [f"{c[key]:,}" for key in PARAMETER_KEYS]
+                for m, c in config["parameters"].items()
+            ],
+        ),
     ]
-    for method, c in config["parameters"].items():
-        lines.append(
-            f"| {titles[method]} | {c['trainable']:,} | {c['adapters']:,} | "
-            f"{c['active_adapters_per_example']:,} | {c['head']:,} | {c['other_trainable']:,} |"
-        )
     lines += [
         "",
         "KerasHub's `enable_lora` factors each query/value kernel "
