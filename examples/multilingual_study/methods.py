@@ -36,9 +36,13 @@ class Method:
         name: the id used on the command line and in results.json.
         title: for tables.
         ranks: feature type -> rank (the FLix family), or None for
-            `kerashub_lora`, whose rank is `kerashub_rank`.
+            `kerashub_lora` (rank `kerashub_rank`) and `head_only` (no
+            adapters: a linear probe of the frozen backbone).
         dropout: feature dropout (FLix family only).
         kerashub_rank: the rank of KerasHub's `enable_lora`.
+        alpha_scale: feature type -> factor on ALPHA (default 1). With Adam
+            the size of a step in `B A` is proportional to the scale, so this
+            is a per-feature-type learning rate.
     """
 
     name: str
@@ -46,6 +50,11 @@ class Method:
     ranks: dict = None
     dropout: float = 0.0
     kerashub_rank: int = 0
+    alpha_scale: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def alphas(self):
+        return {t: ALPHA * self.alpha_scale.get(t, 1.0) for t in self.feature_types}
 
     @property
     def feature_types(self):
@@ -89,17 +98,28 @@ def methods(rank, dropout, languages, tasks):
                 {**flix_ranks, SHARED: half},
                 dropout,
             ),
+            Method("head_only", "Head only (frozen backbone)"),
+            Method("flix_task_only", "FLix, task feature only", {"task": rank}, dropout),
+            Method(
+                "flix_slow_language",
+                "FLix, language step 1/4",
+                flix_ranks,
+                dropout,
+                alpha_scale={"language": 0.25},
+            ),
         )
     }
 
 
 BASELINES = ("lora", "lora_wide", "kerashub_lora")
+# What no adapter can be compared against: the frozen backbone's linear probe.
+REFERENCES = ("head_only",)
 HEADLINE = ("lora", "flix")
 PUBLISHED = ("lora", "lora_wide", "kerashub_lora", "flix", "flix_no_dropout")
 
 
 def schema_for(method, languages, tasks):
-    """The method's feature schema (None for `kerashub_lora`)."""
+    """The method's feature schema (None without FLix layers)."""
     if method.ranks is None:
         return None
     values = {"language": list(languages), "task": list(tasks), SHARED: ["all"]}
@@ -116,13 +136,16 @@ def adapt(method, classifier, backbone, schema, seed):
         KerasHub's LoRA enabled on `backbone`.
     """
     if method.ranks is None:
-        backbone.enable_lora(method.kerashub_rank)
+        if method.kerashub_rank:
+            backbone.enable_lora(method.kerashub_rank)
+        else:
+            backbone.trainable = False
         return classifier
     return kf.retrofit(
         classifier,
         schema,
         rank=dict(method.ranks),
-        alpha=ALPHA,
+        alpha=method.alphas,
         target_layers=lora_targets(backbone),
         feature_dropout=method.dropout,
         train_also=["head"],

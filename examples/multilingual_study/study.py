@@ -130,6 +130,12 @@ def parse_args(argv=None):
         help=f"run every learning rate of this grid (e.g. {' '.join(map(str, LR_GRID))})"
         " and keep each method's best; only with --eval-split dev",
     )
+    parser.add_argument(
+        "--optimizer",
+        choices=tuple(training.OPTIMIZERS),
+        default="lazy_adam",
+        help="lazy_adam: kf.optimizers.LazyAdam (row-sparse adapter updates)",
+    )
     parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
     parser.add_argument(
         "--sequence-length", type=int, default=DEFAULTS["sequence_length"]
@@ -324,11 +330,13 @@ class Study:
             "languages": a.languages,
             "steps": self.steps,
             "batch_size": a.batch_size,
+            "optimizer": a.optimizer,
             "sequence_length": a.sequence_length,
             "temperature": a.temperature,
             "ranks": method.ranks,
             "kerashub_rank": method.kerashub_rank,
             "alpha": methods_lib.ALPHA,
+            "alpha_scale": method.alpha_scale,
             "dropout": method.dropout,
             "per_cell": a.test_per_cell,
             "curve_points": a.curve_points,
@@ -492,7 +500,11 @@ def main(argv=None):
 
     summary = statistics.summarize(runs, args.methods)
     baselines = [m for m in methods_lib.BASELINES if m in args.methods]
-    flix_like = [m for m in args.methods if m not in methods_lib.BASELINES]
+    flix_like = [
+        m
+        for m in args.methods
+        if m not in methods_lib.BASELINES + methods_lib.REFERENCES
+    ]
     paired = {m: statistics.paired_differences(runs, m, baselines) for m in flix_like}
     best = statistics.best_baseline(summary, baselines)
     config = {
@@ -512,7 +524,7 @@ def main(argv=None):
         "sequence_length": args.sequence_length,
         "truncated_training_examples": study.truncated_training_examples(),
         "text_prefix": study.text_prefix,
-        "optimizer": "keras_flix.optimizers.LazyAdam (row-sparse for FLix tables)",
+        "optimizer": args.optimizer,
         "lr": {m: lr for m, (lr, _) in learning_rates.items()},
         "lr_source": {m: source for m, (_, source) in learning_rates.items()},
         "lr_grid": list(args.lr_grid or LR_GRID),

@@ -19,6 +19,9 @@ from multilingual_study import data
 from multilingual_study import methods as methods_lib
 
 WARMUP_FRACTION = 0.1
+# `lazy_adam` updates only the adapter rows a batch used; `adam` moves every
+# row at every step (its moments keep moving rows a batch did not use).
+OPTIMIZERS = {"lazy_adam": kf.optimizers.LazyAdam, "adam": keras.optimizers.Adam}
 
 
 class MaskedMeanPooling(keras.layers.Layer):
@@ -168,7 +171,7 @@ def train_and_evaluate(study, method, lr, seed):
     classifier = build_classifier(backbone, len(study.label_names), seed)
     model = methods_lib.adapt(method, classifier, backbone, schema, seed)
     model.compile(
-        optimizer=kf.optimizers.LazyAdam(learning_rate_schedule(lr, study.steps)),
+        optimizer=OPTIMIZERS[study.args.optimizer](learning_rate_schedule(lr, study.steps)),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
 
