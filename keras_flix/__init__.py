@@ -5,6 +5,7 @@ from keras_flix import layers
 from keras_flix import optimizers
 from keras_flix.src.adapter_files import load_adapters
 from keras_flix.src.adapter_files import save_adapters
+from keras_flix.src.config import FLixConfig
 from keras_flix.src.distribution import FLixLayoutMap
 from keras_flix.src.distribution import layout_map
 from keras_flix.src.export import export_saved_model
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ABSENT",
     "FEATURE_IDS_KEY",
+    "FLixConfig",
     "FLixLayoutMap",
     "FLixModel",
     "FeatureSchema",

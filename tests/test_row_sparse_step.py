@@ -14,7 +14,7 @@ from helpers import to_numpy
 
 import keras_flix as kf
 from keras_flix.optimizers import LazyAdam
-from keras_flix.src.layers.flix_adapter import adapter_rows
+from keras_flix.src.layers.selection import adapter_rows
 from keras_flix.src.layers.gathered_rows import GatheredRows
 from keras_flix.src.layers.gathered_rows import gathered_rows_scope
 

@@ -34,11 +34,11 @@ class FLixLayoutMap(keras.distribution.LayoutMap):
             layer: a FLix layer whose base kernel exists and whose adapters
                 are about to be created.
         """
-        kernel_layout = self[layer._kernel.path]
+        kernel_layout = self[layer.base_kernel.path]
         kernel_axes = (
             tuple(kernel_layout.axes)
             if kernel_layout is not None
-            else (None,) * len(layer._kernel.shape)
+            else (None,) * len(layer.base_kernel.shape)
         )
         contracted_axes, output_axes = layer.kernel_axes
         # A mesh axis can shard only one axis of a variable: the value axis

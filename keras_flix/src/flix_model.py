@@ -4,15 +4,14 @@ import re
 
 import keras
 
-from keras_flix.src.adapters import add_adapters
+from keras_flix.src.adapters import check_train_also
 from keras_flix.src.adapters import flix_layers
-from keras_flix.src.adapters import match_layers
-from keras_flix.src.adapters import resolve_targets
+from keras_flix.src.adapters import inject
+from keras_flix.src.config import FLixConfig
 from keras_flix.src.feature_ids import standardize_feature_ids
 from keras_flix.src.feature_scope import current_feature_ids
 from keras_flix.src.feature_scope import feature_scope
 from keras_flix.src.layers.feature_dropout import FeatureDropout
-from keras_flix.src.schema import FeatureSchema
 from keras_flix.src.row_sparse_tables import adapter_tables
 
 FEATURE_IDS_KEY = "feature_ids"
@@ -141,55 +140,39 @@ class FLixModel(keras.Model):
     are reachable on the FLix model.
 
     Args:
-        base_model: the model whose target layers are FLix layers already.
-        schema: the `FeatureSchema`.
-        rank, alpha, a_initializer, b_initializer: the adapter settings the
-            FLix layers were built with.
-        target_layers: the paths of the FLix layers.
-        feature_dropout: feature dropout rate, a float or per-type dict.
-        train_also: names, paths or regexes of layers left trainable.
-        seed: seed of the feature dropout.
+        base_model: the model whose target layers are FLix layers already
+            (see `keras_flix.src.adapters.inject`).
+        flix_config: the `keras_flix.FLixConfig` they were built with, its
+            `target_layers` the paths of the FLix layers.
         **kwargs: `keras.Model` arguments (e.g. `name`).
     """
 
-    def __init__(
-        self,
-        base_model,
-        schema,
-        rank,
-        alpha,
-        target_layers,
-        feature_dropout=0.0,
-        train_also=(),
-        seed=None,
-        a_initializer="he_uniform",
-        b_initializer="zeros",
-        **kwargs,
-    ):
+    def __init__(self, base_model, flix_config, **kwargs):
         super().__init__(**kwargs)
+        if not isinstance(flix_config, FLixConfig):
+            raise TypeError(
+                "`flix_config` must be a keras_flix.FLixConfig. Received: "
+                f"{type(flix_config).__name__}"
+            )
         self.base_model = base_model
-        self.schema = schema
+        # Not Keras-tracked state: a plain description of the settings.
+        object.__setattr__(self, "flix_config", flix_config)
         self.feature_dropout = FeatureDropout(
-            schema, feature_dropout, seed=seed, name="feature_dropout"
+            flix_config.schema,
+            flix_config.feature_dropout,
+            seed=flix_config.seed,
+            name="feature_dropout",
         )
-        self._settings = {
-            "rank": rank,
-            "alpha": alpha,
-            "target_layers": list(target_layers),
-            "train_also": [train_also] if isinstance(train_also, str) else list(train_also),
-            "seed": seed,
-            "a_initializer": keras.initializers.serialize(
-                keras.initializers.get(a_initializer)
-            ),
-            "b_initializer": keras.initializers.serialize(
-                keras.initializers.get(b_initializer)
-            ),
-        }
         object.__setattr__(self, "_flix_ready", True)
         self._apply_trainability()
         if hasattr(base_model, "generate_step"):
             _take_ids_in_generate_step(base_model)
         self.built = True
+
+    @property
+    def schema(self):
+        """The `FeatureSchema` of the model's feature ids."""
+        return self.flix_config.schema
 
     @property
     def preprocessor(self):
@@ -222,16 +205,8 @@ class FLixModel(keras.Model):
         keep = {
             id(v) for layer in self.flix_layers for v in layer.adapter_variables
         }
-        matches = match_layers(
-            self.base_model, self._settings["train_also"], "train_also"
-        )
-        for pattern, layers in matches.items():
-            if not layers:
-                raise ValueError(
-                    f"`train_also` pattern {pattern!r} matches no layer of "
-                    f"'{self.base_model.name}'."
-                )
-            keep.update(id(v) for layer in layers for v in layer.trainable_variables)
+        for layer in check_train_also(self.base_model, self.flix_config.train_also):
+            keep.update(id(v) for v in layer.trainable_variables)
         for variable in self.base_model.trainable_variables:
             if id(variable) not in keep:
                 variable.trainable = False
@@ -431,9 +406,7 @@ class FLixModel(keras.Model):
         config = super().get_config()
         config.update(
             base_model=keras.saving.serialize_keras_object(self.base_model),
-            schema=self.schema.get_config(),
-            feature_dropout=dict(self.feature_dropout.rate),
-            **self._settings,
+            **self.flix_config.get_config(),
         )
         return config
 
@@ -443,20 +416,14 @@ class FLixModel(keras.Model):
         base_model = keras.saving.deserialize_keras_object(
             config.pop("base_model"), custom_objects=custom_objects
         )
-        schema = FeatureSchema.from_config(config.pop("schema"))
-        targets = resolve_targets(
-            base_model,
-            [re.escape(path) for path in config["target_layers"]],
-            required=True,
-            allow_adapted=True,
+        flix_config = FLixConfig.from_config(
+            {key: config.pop(key) for key in FLixConfig.KEYS if key in config}
         )
-        add_adapters(
+        # The saved paths are exact paths, not patterns.
+        flix_config = inject(
             base_model,
-            targets,
-            schema,
-            rank=config["rank"],
-            alpha=config["alpha"],
-            a_initializer=config["a_initializer"],
-            b_initializer=config["b_initializer"],
+            flix_config.replace(
+                target_layers=[re.escape(path) for path in flix_config.target_layers]
+            ),
         )
-        return cls(base_model, schema, **config)
+        return cls(base_model, flix_config, **config)

@@ -5,16 +5,12 @@ import tempfile
 
 import keras
 
-from keras_flix.src.adapters import add_adapters
+from keras_flix.src.adapters import check_train_also
 from keras_flix.src.adapters import flix_layers
-from keras_flix.src.adapters import match_layers
-from keras_flix.src.adapters import resolve_targets
+from keras_flix.src.adapters import inject
+from keras_flix.src.adapters import target_layers_of
+from keras_flix.src.config import FLixConfig
 from keras_flix.src.flix_model import FLixModel
-from keras_flix.src.hub import Backbone
-from keras_flix.src.hub import Task
-from keras_flix.src.layers.feature_dropout import FeatureDropout
-from keras_flix.src.layers.flix_adapter import per_type
-from keras_flix.src.schema import FeatureSchema
 
 
 def retrofit(
@@ -30,6 +26,7 @@ def retrofit(
     seed=None,
     a_initializer="he_uniform",
     b_initializer="zeros",
+    compute_path="auto",
 ):
     """Adds FLix adapters to a model's projections.
 
@@ -66,6 +63,12 @@ def retrofit(
         seed: seed of the feature dropout.
         a_initializer: initializer of each value's `A` matrix.
         b_initializer: initializer of each value's `B` matrix.
+        compute_path: how the FLix layers select each example's adapters:
+            `"auto"` (default), `"gather"` or `"one_hot"` (see
+            `keras_flix.src.layers.selection.COMPUTE_PATHS`).
+
+    The settings are checked, as a `keras_flix.FLixConfig`, before the
+    model is touched; the FLix model keeps that config (`flix_config`).
 
     Returns:
         A `keras_flix.FLixModel`. Its inputs are the model's inputs plus
@@ -101,11 +104,6 @@ def retrofit(
         raise TypeError(
             f"`model` must be a Keras model. Received: {type(model).__name__}"
         )
-    if not isinstance(schema, FeatureSchema):
-        raise TypeError(
-            "`schema` must be a keras_flix.FeatureSchema. Received: "
-            f"{type(schema).__name__}"
-        )
     if not model.built:
         raise ValueError(
             f"Model '{model.name}' is not built; call it once or build it "
@@ -118,63 +116,25 @@ def retrofit(
             "the FLix model returned the first time."
         )
     # Check every setting before the model is touched.
-    per_type(rank, schema, "rank", int)
-    per_type(rank if alpha is None else alpha, schema, "alpha", float)
-    FeatureDropout(schema, feature_dropout)
-    if train_also:
-        for pattern, layers in match_layers(model, train_also, "train_also").items():
-            if not layers:
-                raise ValueError(
-                    f"`train_also` pattern {pattern!r} matches no layer of "
-                    f"'{model.name}'."
-                )
-    if target_layers is None:
-        target_layers = _default_target_layers(model)
-        required = False
-    else:
-        required = True
-    targets = resolve_targets(model, target_layers, required=required)
-
-    if copy:
-        model = _copy_model(model)
-        targets = resolve_targets(
-            model, [layer.path for layer in targets], required=True
-        )
-    adapted = add_adapters(
-        model,
-        targets,
+    config = FLixConfig(
         schema,
         rank=rank,
         alpha=alpha,
-        a_initializer=a_initializer,
-        b_initializer=b_initializer,
-    )
-    return FLixModel(
-        model,
-        schema,
-        rank=rank,
-        alpha=alpha,
-        target_layers=[layer.path for layer in adapted],
+        target_layers=target_layers,
         feature_dropout=feature_dropout,
         train_also=train_also,
         seed=seed,
         a_initializer=a_initializer,
         b_initializer=b_initializer,
-        name=f"flix_{model.name}",
+        compute_path=compute_path,
     )
-
-
-def _default_target_layers(model):
-    backbone = model if isinstance(model, Backbone) else None
-    if isinstance(model, Task):
-        backbone = model.backbone
-    if backbone is None:
-        raise ValueError(
-            f"Model '{model.name}' is not a KerasHub Backbone or Task, so it "
-            "has no default target layers; pass `target_layers` (layer "
-            "names, paths or regular expressions)."
-        )
-    return backbone.default_lora_layer_names()
+    check_train_also(model, config.train_also)
+    target_layers_of(model, config)
+    if copy:
+        # Same structure, same layer paths: the patterns match the same layers.
+        model = _copy_model(model)
+    config = inject(model, config)
+    return FLixModel(model, config, name=f"flix_{model.name}")
 
 
 def _copy_model(model):
