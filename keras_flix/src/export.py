@@ -4,11 +4,13 @@ import importlib.util
 
 import keras
 
-from keras_flix.src.feature_scope import ALL_ABSENT
+from keras_flix.src.data.tagging import UNKNOWN
+from keras_flix.src.data.tagging import lookup_tables
 from keras_flix.src.feature_scope import feature_scope
-from keras_flix.src.flix_model import FEATURE_IDS_KEY
-from keras_flix.src.flix_model import INPUTS_KEY
 from keras_flix.src.flix_model import FLixModel
+from keras_flix.src.inputs import ABSENT
+from keras_flix.src.inputs import FEATURE_IDS_KEY
+from keras_flix.src.inputs import INPUTS_KEY
 
 
 def export_saved_model(model, path, input_signature=None, verbose=False):
@@ -80,16 +82,8 @@ def export_saved_model(model, path, input_signature=None, verbose=False):
     serve_ids = archive.track_and_add_endpoint(
         "serve_ids", model, input_signature=[{**base_specs, FEATURE_IDS_KEY: ids_spec}]
     )
-    tables = {
-        feature_type: tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(
-                tf.constant(schema.values(feature_type)),
-                tf.range(schema.num_values[feature_type], dtype=tf.int32),
-            ),
-            default_value=-2,
-        )
-        for feature_type in schema.feature_types
-    }
+    # The same string -> id lookup as `keras_flix.data.tag`.
+    tables = lookup_tables(schema, schema.feature_types)
     for table in tables.values():
         archive.track(table)
     string_specs = {
@@ -103,25 +97,23 @@ def export_saved_model(model, path, input_signature=None, verbose=False):
         for feature_type in schema.feature_types:
             names = inputs[feature_type]
             ids = tables[feature_type].lookup(names)
-            ids = tf.where(tf.equal(names, ""), -1, ids)
-            unknown = tf.equal(ids, -2)
             if schema.unknown == "error":
                 tf.debugging.Assert(
-                    tf.logical_not(tf.reduce_any(unknown)),
+                    tf.reduce_all(ids >= ABSENT),
                     [
                         f"Unknown value for feature type '{feature_type}' "
                         f"(known: {list(schema.values(feature_type))}):",
-                        tf.boolean_mask(names, unknown),
+                        tf.boolean_mask(names, tf.equal(ids, UNKNOWN)),
                     ],
                 )
-            columns.append(tf.where(unknown, -1, ids))
+            columns.append(ids)
         base_inputs = {name: inputs[name] for name in base_specs}
         return serve_ids({**base_inputs, FEATURE_IDS_KEY: tf.stack(columns, axis=1)})
 
     archive.add_endpoint("serving_default", serving_default)
     # TensorFlow traces a default signature for every nested Keras model it
     # saves, without feature ids; those functions are never served.
-    with feature_scope(ALL_ABSENT):
+    with feature_scope(ABSENT):
         archive.write_out(str(path), verbose=verbose)
 
 

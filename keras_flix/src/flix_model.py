@@ -8,51 +8,14 @@ from keras_flix.src.adapters import check_train_also
 from keras_flix.src.adapters import flix_layers
 from keras_flix.src.adapters import inject
 from keras_flix.src.config import FLixConfig
-from keras_flix.src.feature_ids import standardize_feature_ids
 from keras_flix.src.feature_scope import current_feature_ids
 from keras_flix.src.feature_scope import feature_scope
+from keras_flix.src.inputs import FEATURE_IDS_KEY
+from keras_flix.src.inputs import join_feature_ids
+from keras_flix.src.inputs import split_feature_ids
+from keras_flix.src.inputs import standardize_feature_ids
 from keras_flix.src.layers.feature_dropout import FeatureDropout
 from keras_flix.src.row_sparse_tables import adapter_tables
-
-FEATURE_IDS_KEY = "feature_ids"
-"""The input key that carries feature ids."""
-
-INPUTS_KEY = "inputs"
-"""The input key that carries a base model's non-dict inputs."""
-
-
-def split_feature_ids(inputs, owner):
-    """Splits a FLix model's inputs into the base inputs and the feature ids.
-
-    A FLix model takes a dict: the base model's dict inputs plus
-    `"feature_ids"`, or `{"inputs": <the base model's inputs>,
-    "feature_ids": ...}` when the base model's inputs are not a dict.
-
-    Args:
-        inputs: the FLix model's inputs.
-        owner: who received them, for error messages.
-
-    Returns:
-        `(base_inputs, feature_ids)`.
-    """
-    if not isinstance(inputs, dict) or FEATURE_IDS_KEY not in inputs:
-        received = (
-            f"a dict with keys {sorted(inputs)}"
-            if isinstance(inputs, dict)
-            else f"a {type(inputs).__name__}"
-        )
-        raise ValueError(
-            f"{owner} expects a dict of inputs with a '{FEATURE_IDS_KEY}' "
-            "entry (int32, [batch, n_feature_types]): the base model's dict "
-            f"inputs plus '{FEATURE_IDS_KEY}', or {{'{INPUTS_KEY}': x, "
-            f"'{FEATURE_IDS_KEY}': ids}} for non-dict inputs. Received "
-            f"{received}. `keras_flix.data.tag` adds the ids to a dataset."
-        )
-    base_inputs = {k: v for k, v in inputs.items() if k != FEATURE_IDS_KEY}
-    if set(base_inputs) == {INPUTS_KEY}:
-        base_inputs = base_inputs[INPUTS_KEY]
-    return base_inputs, inputs[FEATURE_IDS_KEY]
-
 
 def _take_ids_in_generate_step(task):
     """Makes `task.generate_step` read feature ids from its inputs.
@@ -115,13 +78,6 @@ def _unpack(data):
     if isinstance(data, tuple) and len(data) == 1:
         data = data[0]
     return keras.utils.unpack_x_y_sample_weight(data)
-
-
-def join_feature_ids(inputs, feature_ids):
-    """The inverse of `split_feature_ids`."""
-    if isinstance(inputs, dict):
-        return {**inputs, FEATURE_IDS_KEY: feature_ids}
-    return {INPUTS_KEY: inputs, FEATURE_IDS_KEY: feature_ids}
 
 
 @keras.saving.register_keras_serializable(package="keras_flix")

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from keras_flix.src.feature_ids import standardize_feature_ids
+from keras_flix.src.inputs import standardize_feature_ids
 from keras_flix.src.layers.flix_adapter import adapter_rows
 from keras_flix.src.layers.gathered_rows import GatheredRows
 

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from keras_flix.src.config import dropout_rates
-from keras_flix.src.schema import ABSENT
+from keras_flix.src.inputs import ABSENT
 from keras_flix.src.schema import FeatureSchema
 
 

@@ -10,8 +10,8 @@ from keras import ops
 from keras_flix.src import keras_private
 from keras_flix.src.config import per_type
 from keras_flix.src.distribution import register_adapter_layouts
-from keras_flix.src.feature_ids import standardize_feature_ids
-from keras_flix.src.feature_scope import ALL_ABSENT
+from keras_flix.src.inputs import is_all_absent
+from keras_flix.src.inputs import standardize_feature_ids
 from keras_flix.src.feature_scope import current_feature_ids
 from keras_flix.src.feature_scope import feature_scope
 from keras_flix.src.layers.gathered_rows import gathered_rows_of
@@ -231,7 +231,7 @@ class FLixAdapter:
                 "model returned by `keras_flix.retrofit` with a "
                 "'feature_ids' input."
             )
-        if isinstance(feature_ids, str) and feature_ids == ALL_ABSENT:
+        if is_all_absent(feature_ids):
             feature_ids = ops.full(
                 (ops.shape(inputs)[0], len(self.schema.feature_types)), -1, "int32"
             )

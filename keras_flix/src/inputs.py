@@ -1,4 +1,12 @@
-"""Checks and conversions of `feature_ids` tensors."""
+"""The input contract of a FLix model: where feature ids go, and what they are.
+
+A FLix model takes a dict: the base model's dict inputs plus
+`"feature_ids"`, or `{"inputs": <the base model's inputs>, "feature_ids":
+ids}` when the base model's inputs are not a dict. The ids are an integer
+tensor of shape `[batch, n_feature_types]` (see `FeatureSchema`), `ABSENT`
+(-1) where a feature is absent. `keras_flix.data` writes this structure, the
+model and the exported SavedModel read it; all of them take it from here.
+"""
 
 import keras
 from keras import ops
@@ -6,6 +14,76 @@ from keras import ops
 from keras_flix.src.backend_utils import assert_in_range_in_graph
 from keras_flix.src.backend_utils import host_value
 from keras_flix.src.backend_utils import in_shape_inference
+
+ABSENT = -1
+"""The feature id that marks a feature as absent for an example.
+
+`feature_scope(ABSENT)` makes every feature of every example absent.
+"""
+
+FEATURE_IDS_KEY = "feature_ids"
+"""The input key that carries feature ids."""
+
+INPUTS_KEY = "inputs"
+"""The input key that carries a base model's non-dict inputs."""
+
+
+def split_feature_ids(inputs, owner):
+    """Splits a FLix model's inputs into the base inputs and the feature ids.
+
+    Args:
+        inputs: the FLix model's inputs (see the module docstring).
+        owner: who received them, for error messages.
+
+    Returns:
+        `(base_inputs, feature_ids)`.
+
+    Example:
+
+    >>> split_feature_ids({"inputs": "x", "feature_ids": "ids"}, "me")
+    ('x', 'ids')
+    >>> split_feature_ids({"token_ids": 1, "feature_ids": 2}, "me")
+    ({'token_ids': 1}, 2)
+    """
+    if not isinstance(inputs, dict) or FEATURE_IDS_KEY not in inputs:
+        received = (
+            f"a dict with keys {sorted(inputs)}"
+            if isinstance(inputs, dict)
+            else f"a {type(inputs).__name__}"
+        )
+        raise ValueError(
+            f"{owner} expects a dict of inputs with a '{FEATURE_IDS_KEY}' "
+            "entry (int32, [batch, n_feature_types]): the base model's dict "
+            f"inputs plus '{FEATURE_IDS_KEY}', or {{'{INPUTS_KEY}': x, "
+            f"'{FEATURE_IDS_KEY}': ids}} for non-dict inputs. Received "
+            f"{received}. `keras_flix.data.tag` adds the ids to a dataset."
+        )
+    base_inputs = {k: v for k, v in inputs.items() if k != FEATURE_IDS_KEY}
+    if set(base_inputs) == {INPUTS_KEY}:
+        base_inputs = base_inputs[INPUTS_KEY]
+    return base_inputs, inputs[FEATURE_IDS_KEY]
+
+
+def join_feature_ids(inputs, feature_ids):
+    """The inverse of `split_feature_ids`.
+
+    Example:
+
+    >>> join_feature_ids("x", "ids")
+    {'inputs': 'x', 'feature_ids': 'ids'}
+    """
+    if isinstance(inputs, dict):
+        return {**inputs, FEATURE_IDS_KEY: feature_ids}
+    return {INPUTS_KEY: inputs, FEATURE_IDS_KEY: feature_ids}
+
+
+def is_all_absent(feature_ids):
+    """Whether `feature_ids` is the scope value `ABSENT` (every feature absent)."""
+    return (
+        isinstance(feature_ids, int)
+        and not isinstance(feature_ids, bool)
+        and feature_ids == ABSENT
+    )
 
 
 def standardize_feature_ids(feature_ids, schema, batch_size=None, owner=None):
