@@ -16,7 +16,7 @@ from test_layers import randomize
 from test_layers import reference_kernel
 
 import keras_flix as kf
-from keras_flix.src.layers import selection
+from keras_flix.src import backend
 from keras_flix.src.layers.selection import COMPUTE_PATHS
 from keras_flix.src.layers.selection import resolve_compute_path
 
@@ -167,13 +167,13 @@ def test_from_base_takes_compute_path():
 def test_auto_path_rule(monkeypatch):
     assert resolve_compute_path("gather", 2, 64) == "gather"
     assert resolve_compute_path("one_hot", 4096, 1) == "one_hot"
-    on_tpu = selection._on_tpu()
+    on_tpu = backend.on_tpu()
     assert resolve_compute_path("auto", 8, 64) == ("one_hot" if on_tpu else "gather")
-    monkeypatch.setattr(selection, "_on_tpu", lambda: True)
+    monkeypatch.setattr(backend, "on_tpu", lambda: True)
     assert resolve_compute_path("auto", 64, 64) == "one_hot"
     assert resolve_compute_path("auto", 65, 64) == "gather"
     assert resolve_compute_path("auto", 8, None) == "gather"
-    monkeypatch.setattr(selection, "_on_tpu", lambda: False)
+    monkeypatch.setattr(backend, "on_tpu", lambda: False)
     assert resolve_compute_path("auto", 2, 64) == "gather"
 
 

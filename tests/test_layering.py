@@ -46,3 +46,30 @@ def test_data_imports_only_the_input_contract_and_the_schema():
             if any(part in forbidden for part in name.split(".")[2:])
         )
         assert not bad, f"{path.name} imports {bad}"
+
+
+def test_backend_code_lives_in_the_backend_package_only():
+    backend_package = PACKAGE / "src" / "backend"
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if backend_package in path.parents:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""]
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "backend"
+                and isinstance(node.func.value, ast.Attribute)
+                and node.func.value.attr == "backend"
+            ):
+                modules = ["keras.backend.backend()"]
+            else:
+                continue
+            for module in modules:
+                if module.split(".")[0] in ("jax", "torch", "keras.backend.backend()"):
+                    offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {module}")
+    assert not offenders, offenders

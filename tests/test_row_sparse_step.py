@@ -26,11 +26,9 @@ row_sparse_step = pytest.mark.skipif(
 
 
 def step_module():
-    if keras.backend.backend() == "jax":
-        from keras_flix.src import jax_row_sparse_step as module
-    else:
-        from keras_flix.src import torch_row_sparse_step as module
-    return module
+    from keras_flix.src import backend
+
+    return backend
 
 
 def layer_and_inputs():

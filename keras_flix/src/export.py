@@ -1,9 +1,8 @@
 """`export_saved_model`: a TensorFlow SavedModel of a FLix model for serving."""
 
-import importlib.util
-
 import keras
 
+from keras_flix.src import backend
 from keras_flix.src.data.tagging import UNKNOWN
 from keras_flix.src.data.tagging import lookup_tables
 from keras_flix.src.feature_scope import feature_scope
@@ -55,22 +54,17 @@ def export_saved_model(model, path, input_signature=None, verbose=False):
     >>> base = keras.Model(inputs, keras.layers.Dense(4, name="proj")(inputs))
     >>> schema = kf.FeatureSchema({"language": ["en", "sw"]}, unknown="absent")
     >>> model = kf.retrofit(base, schema, rank=2, target_layers=["proj"])
-    >>> if keras.backend.backend() != "torch":
+    >>> try:
     ...     kf.export_saved_model(model, os.path.join(tempfile.mkdtemp(), "m"))
+    ... except NotImplementedError:  # torch, without torch_xla
+    ...     pass
     """
     if not isinstance(model, FLixModel):
         raise TypeError(
             "export_saved_model takes the model returned by "
             f"keras_flix.retrofit. Received: {type(model).__name__}"
         )
-    backend = keras.backend.backend()
-    if backend == "torch" and importlib.util.find_spec("torch_xla") is None:
-        raise NotImplementedError(
-            "Keras exports torch models to SavedModel only through torch_xla, "
-            "which is not installed. Save the model (`model.save('m.keras')`) "
-            "and export it from a process with KERAS_BACKEND=jax or "
-            "tensorflow: .keras files load on every backend."
-        )
+    backend.check_saved_model_export()
     import tensorflow as tf
 
     schema = model.schema

@@ -4,6 +4,7 @@ import re
 
 import keras
 
+from keras_flix.src import backend
 from keras_flix.src.adapters import check_train_also
 from keras_flix.src.adapters import flix_layers
 from keras_flix.src.adapters import inject
@@ -16,6 +17,7 @@ from keras_flix.src.inputs import split_feature_ids
 from keras_flix.src.inputs import standardize_feature_ids
 from keras_flix.src.layers.feature_dropout import FeatureDropout
 from keras_flix.src.row_sparse_tables import adapter_tables
+from keras_flix.src.row_sparse_tables import used_rows
 
 def _take_ids_in_generate_step(task):
     """Makes `task.generate_step` read feature ids from its inputs.
@@ -184,27 +186,24 @@ class FLixModel(keras.Model):
         With an optimizer that takes row-sparse gradients
         (`kf.optimizers.LazyAdam`), the jax and torch steps differentiate
         with respect to the adapter-table rows the batch uses rather than
-        the whole tables (see `keras_flix.src.jax_row_sparse_step`). Other
+        the whole tables (see `keras_flix.src.backend.jax`). Other
         optimizers run Keras' own step; TensorFlow's gradients of the
         tables are row-sparse (`IndexedSlices`) by themselves.
         """
-        backend = keras.backend.backend()
         if (
-            backend in ("jax", "torch")
+            backend.row_sparse_train_step is not None
             and getattr(self.optimizer, "takes_row_sparse_gradients", False)
             # Without trainable tables there is nothing to make row-sparse.
             and adapter_tables(self)
         ):
-            if backend == "jax":
-                from keras_flix.src.jax_row_sparse_step import row_sparse_train_step
-            else:
-                from keras_flix.src.torch_row_sparse_step import row_sparse_train_step
-            return row_sparse_train_step(
+            x = keras.utils.unpack_x_y_sample_weight(args[-1])[0]
+            used = used_rows(
                 self,
-                *args,
-                feature_ids_of=lambda x: split_feature_ids(
-                    x, f"FLix model '{self.name}'"
-                )[1],
+                split_feature_ids(x, f"FLix model '{self.name}'")[1],
+                backend.unique_rows,
+            )
+            return backend.row_sparse_train_step(
+                self, *args, tables=adapter_tables(self), used=used
             )
         return super().train_step(*args, **kwargs)
 

@@ -11,9 +11,9 @@ model and the exported SavedModel read it; all of them take it from here.
 import keras
 from keras import ops
 
-from keras_flix.src.backend_utils import assert_in_range_in_graph
-from keras_flix.src.backend_utils import host_value
-from keras_flix.src.backend_utils import in_shape_inference
+from keras_flix.src import keras_private
+from keras_flix.src.backend import assert_in_range_in_graph
+from keras_flix.src.backend import host_value
 
 ABSENT = -1
 """The feature id that marks a feature as absent for an example.
@@ -115,7 +115,7 @@ def standardize_feature_ids(feature_ids, schema, batch_size=None, owner=None):
     ):
         feature_ids = ops.convert_to_tensor(feature_ids)
     dtype = keras.backend.standardize_dtype(feature_ids.dtype)
-    if in_shape_inference() and dtype.startswith("float"):
+    if keras_private.in_symbolic_scope() and dtype.startswith("float"):
         # Shape inference only: no value of these ids is ever used.
         feature_ids = ops.cast(feature_ids, "int32")
         dtype = "int32"

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_flix.src import backend
 from keras_flix.src.layers.flix_adapter import is_adapter_table
 
 
@@ -191,7 +192,7 @@ class LazyAdam(keras.optimizers.Adam):
             v = v + (ops.square(g) - v) * (1 - self.beta_2)
             return p - m * alpha / (ops.sqrt(v) + self.epsilon), m, v
 
-        sparse = _row_sparse_parts(gradient)
+        sparse = backend.row_sparse_parts(gradient)
         if sparse is not None:
             # A row-sparse gradient: the rows it names, repeats included, and
             # their values. It is never made dense; each round sums the
@@ -275,20 +276,3 @@ def _nonzero_rows(x):
     # count, so they reach the weights as they would with Adam.
     return ops.not_equal(ops.sum(ops.abs(x), axis=tuple(range(1, len(x.shape)))), 0)
 
-
-def _row_sparse_parts(gradient):
-    """`(row indices, row values)` of a row-sparse gradient, else `None`.
-
-    TensorFlow's `IndexedSlices` (the gradient of a gather), and the jax
-    `BCOO` and torch sparse COO tensors with one sparse (row) dimension that
-    `FLixModel`'s jax and torch training steps make.
-    """
-    kind = type(gradient).__name__
-    if getattr(gradient, "is_sparse", False) is True:  # torch sparse COO
-        gradient = gradient.coalesce()
-        return gradient.indices()[0], gradient.values()
-    if kind == "IndexedSlices":
-        return gradient.indices, gradient.values
-    if kind == "BCOO" and gradient.n_sparse == 1 and gradient.n_batch == 0:
-        return gradient.indices[:, 0], gradient.data
-    return None

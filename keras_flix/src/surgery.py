@@ -1,16 +1,14 @@
 """Replacing one layer by another inside a built Keras model, in place.
 
 A layer can be referenced from several places at once: an attribute of its
-parent (in `__dict__`, or in `torch.nn.Module._modules` on the torch backend),
+parent (in `__dict__`, or where the backend's framework keeps sublayers),
 a list or dict attribute, the parent's layer tracker, and, for a Functional
 model, the graph's nodes and operation lists. Every reference is redirected,
 so the old layer leaves the model (its weights with it) and the new one is
 saved, trained and called in its place.
 """
 
-import keras
-
-from keras_flix.src.backend_utils import refresh_parameter_registry
+from keras_flix.src import backend
 
 
 def all_layers(model):
@@ -66,13 +64,12 @@ def replace_layer(model, old, new):
 def refresh_parameter_registries(model):
     """Re-registers variables with every layer's framework module."""
     for layer in all_layers(model):
-        refresh_parameter_registry(layer)
+        backend.refresh_parameter_registry(layer)
 
 
 def _attributes(container):
     attributes = dict(vars(container))
-    # On the torch backend sublayers live in `torch.nn.Module._modules`.
-    attributes.update(getattr(container, "_modules", None) or {})
+    attributes.update(backend.sublayer_attributes(container))
     return attributes
 
 
@@ -124,15 +121,3 @@ def _replace_in_graph(container, old, new):
                 tensor._keras_history = history._replace(operation=new)
     return True
 
-
-def path_of(layer):
-    """The layer's path, or its name for a layer built outside any scope."""
-    return layer.path or layer.name
-
-
-def check_is_layer(model, argument="model"):
-    if not isinstance(model, keras.layers.Layer):
-        raise TypeError(
-            f"`{argument}` must be a Keras model or layer. Received: "
-            f"{type(model).__name__}"
-        )

@@ -1,9 +1,8 @@
 """How a FLix layer selects each example's adapter rows from its tables."""
 
-import functools
-
-import keras
 from keras import ops
+
+from keras_flix.src import backend
 
 COMPUTE_PATHS = ("auto", "gather", "one_hot")
 """How a FLix layer selects each example's adapters from its tables.
@@ -61,7 +60,7 @@ def resolve_compute_path(compute_path, num_values, positions):
     """
     if compute_path != "auto":
         return compute_path
-    if positions is not None and num_values <= positions and _on_tpu():
+    if positions is not None and num_values <= positions and backend.on_tpu():
         return "one_hot"
     return "gather"
 
@@ -120,12 +119,3 @@ def positions_per_example(inputs, equations):
         positions *= size
     return positions
 
-
-@functools.lru_cache(maxsize=None)
-def _on_tpu():
-    try:
-        devices = keras.distribution.list_devices()
-    except (AttributeError, NotImplementedError):
-        # A backend without Keras' distribution API (torch) has no TPU.
-        return False
-    return any(device.lower().startswith("tpu") for device in devices)
