@@ -5,81 +5,20 @@ import re
 import keras
 
 from keras_flix.src import backend
+from keras_flix.src import generation
 from keras_flix.src.adapters import check_train_also
 from keras_flix.src.adapters import flix_layers
 from keras_flix.src.adapters import inject
 from keras_flix.src.config import FLixConfig
-from keras_flix.src.feature_scope import current_feature_ids
 from keras_flix.src.feature_scope import feature_scope
-from keras_flix.src.inputs import FEATURE_IDS_KEY
 from keras_flix.src.inputs import join_feature_ids
 from keras_flix.src.inputs import split_feature_ids
 from keras_flix.src.inputs import standardize_feature_ids
 from keras_flix.src.layers.feature_dropout import FeatureDropout
+from keras_flix.src.preprocessing import preprocessed_dataset
+from keras_flix.src.preprocessing import unpack
 from keras_flix.src.row_sparse_tables import adapter_tables
 from keras_flix.src.row_sparse_tables import used_rows
-
-def _take_ids_in_generate_step(task):
-    """Makes `task.generate_step` read feature ids from its inputs.
-
-    KerasHub compiles `generate_step` (`jax.jit`, `tf.function`); the ids
-    must be an argument of that function, not a value captured while
-    tracing, or a later call would reuse the first call's ids.
-    """
-    generate_step = task.generate_step
-
-    def generate_step_with_ids(inputs, stop_token_ids=None):
-        inputs = dict(inputs)
-        feature_ids = inputs.pop(FEATURE_IDS_KEY, None)
-        if feature_ids is None:
-            if current_feature_ids() is not None:
-                raise ValueError(
-                    "`generate()` inside `keras_flix.feature_scope` is not "
-                    "supported: the compiled generation function would keep "
-                    "the first call's ids. Call the FLix model's "
-                    "`generate({..., 'feature_ids': ids})` instead."
-                )
-            return generate_step(inputs, stop_token_ids)
-        with feature_scope(feature_ids):
-            return generate_step(inputs, stop_token_ids)
-
-    object.__setattr__(task, "generate_step", generate_step_with_ids)
-    task.generate_function = None
-
-
-class _DetachedPreprocessor:
-    """Runs a task without its preprocessor (inputs are preprocessed)."""
-
-    def __init__(self, task):
-        self.task = task
-
-    def __enter__(self):
-        self.preprocessor = self.task.preprocessor
-        self.task.preprocessor = None
-
-    def __exit__(self, *exc_info):
-        self.task.preprocessor = self.preprocessor
-
-
-def _prompt_mask_key(prompts):
-    for key in ("padding_mask", "decoder_padding_mask"):
-        if key in prompts:
-            return key
-    raise ValueError(
-        "Expected preprocessed prompts with a 'padding_mask' (CausalLM) or "
-        f"'decoder_padding_mask' (Seq2SeqLM). Received keys {sorted(prompts)}."
-    )
-
-
-def _decode_strings(value):
-    return value.decode("utf-8") if isinstance(value, bytes) else value
-
-
-def _unpack(data):
-    """`(x, y, sample_weight)` from a dataset element or a `(x, ...)` tuple."""
-    if isinstance(data, tuple) and len(data) == 1:
-        data = data[0]
-    return keras.utils.unpack_x_y_sample_weight(data)
 
 
 @keras.saving.register_keras_serializable(package="keras_flix")
@@ -95,7 +34,9 @@ class FLixModel(keras.Model):
     dict plus `"feature_ids"`).
 
     Public attributes of the base model (e.g. `backbone`, `preprocessor`)
-    are reachable on the FLix model.
+    are reachable on the FLix model. Generation lives in
+    `keras_flix.src.generation`, the preprocessing pipeline in
+    `keras_flix.src.preprocessing`.
 
     Args:
         base_model: the model whose target layers are FLix layers already
@@ -124,7 +65,7 @@ class FLixModel(keras.Model):
         object.__setattr__(self, "_flix_ready", True)
         self._apply_trainability()
         if hasattr(base_model, "generate_step"):
-            _take_ids_in_generate_step(base_model)
+            generation.take_ids_in_generate_step(base_model)
         self.built = True
 
     @property
@@ -230,7 +171,7 @@ class FLixModel(keras.Model):
         validation_data = kwargs.pop("validation_data", None)
         if validation_data is not None:
             validation_data = self._preprocessed(
-                *_unpack(validation_data), batch_size
+                *unpack(validation_data), batch_size
             )
         return super().fit(
             self._preprocessed(x, y, sample_weight, batch_size),
@@ -275,77 +216,18 @@ class FLixModel(keras.Model):
         `keras_flix.feature_scope` around `generate()` is refused: the
         compiled generation function would capture the ids as constants.
         """
-        base = self.base_model
-        if not hasattr(base, "generate_step"):
-            raise AttributeError(
-                f"'{base.name}' ({type(base).__name__}) does not generate; "
-                "`generate` needs a KerasHub CausalLM or Seq2SeqLM."
-            )
-        owner = f"FLix model '{self.name}'"
-        raw, feature_ids = split_feature_ids(inputs, owner)
-        if isinstance(raw, dict) and set(raw) == {"prompts"}:
-            raw = raw["prompts"]
-        single = isinstance(raw, str)
-        if single:
-            raw = [raw]
-        preprocessor = base.preprocessor
-        if preprocessor is not None:
-            if stop_token_ids == "auto":
-                stop_token_ids = [preprocessor.tokenizer.end_token_id]
-                if hasattr(preprocessor.tokenizer, "end_token2_id"):
-                    stop_token_ids.append(preprocessor.tokenizer.end_token2_id)
-            raw = preprocessor.generate_preprocess(raw, sequence_length=max_length)
-        prompts = dict(raw)
-        mask = keras.ops.convert_to_numpy(prompts[_prompt_mask_key(prompts)])
-        ids = keras.ops.convert_to_numpy(
-            standardize_feature_ids(
-                feature_ids, self.schema, batch_size=mask.shape[0], owner=owner
-            )
+        return generation.generate(
+            self,
+            inputs,
+            max_length=max_length,
+            stop_token_ids=stop_token_ids,
+            strip_prompt=strip_prompt,
         )
-        if max_length is not None or preprocessor is not None:
-            full = mask.all(axis=-1)
-            if full.any():
-                raise ValueError(
-                    f"Prompt {int(full.argmax())} fills all {mask.shape[-1]} "
-                    "positions of the sequence, leaving none to generate; "
-                    "shorten it or raise `max_length`."
-                )
-        prompts[FEATURE_IDS_KEY] = ids
-        detached = _DetachedPreprocessor(base)
-        with detached:
-            outputs = base.generate(
-                prompts, stop_token_ids=stop_token_ids, strip_prompt=strip_prompt
-            )
-        if preprocessor is not None:
-            outputs = preprocessor.generate_postprocess(outputs)
-            outputs = keras.tree.map_structure(_decode_strings, outputs)
-            if single:
-                outputs = outputs[0]
-        return outputs
 
     def _preprocessed(self, x, y, sample_weight, batch_size):
-        """A batched tf.data pipeline of preprocessed samples.
-
-        Like KerasHub tasks, preprocessing runs in `tf.data` (on every
-        backend), mapped over batches.
-        """
-        import tensorflow as tf
-
-        if isinstance(x, tf.data.Dataset):
-            if y is not None or sample_weight is not None or batch_size is not None:
-                raise ValueError(
-                    "When `x` is a tf.data.Dataset, pass neither `y`, "
-                    "`sample_weight` nor `batch_size`."
-                )
-            dataset = x
-        else:
-            dataset = tf.data.Dataset.from_tensor_slices(
-                keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
-            ).batch(batch_size or 32)
-        return dataset.map(
-            lambda *sample: self.preprocess_samples(*_unpack(sample)),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        ).prefetch(tf.data.AUTOTUNE)
+        return preprocessed_dataset(
+            self.preprocess_samples, x, y, sample_weight, batch_size
+        )
 
     def __getattr__(self, name):
         # torch.nn.Module keeps sublayers out of `__dict__` and finds them here.
