@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_flix.src import backend
+from keras_flix.src import keras_private
 from keras_flix.src.layers.flix_adapter import is_adapter_table
 
 
@@ -158,13 +159,13 @@ class LazyAdam(keras.optimizers.Adam):
         # Tables decay lazily, in `update_step`, only where they are used.
         variables = [
             v for v in variables
-            if not self._lazy_tables[self._get_variable_index(v)]
+            if not self._lazy_tables[keras_private.variable_index(self, v)]
         ]
         if variables:
             super()._apply_weight_decay(variables)
 
     def update_step(self, gradient, variable, learning_rate):
-        index = self._get_variable_index(variable)
+        index = keras_private.variable_index(self, variable)
         if not self._lazy_tables[index]:
             return super().update_step(gradient, variable, learning_rate)
         dtype = variable.dtype
@@ -176,8 +177,7 @@ class LazyAdam(keras.optimizers.Adam):
         decay = None
         if self.weight_decay is not None:
             decay = lr * ops.cast(self.weight_decay, dtype)
-        m_variable = self._momentums[index]
-        v_variable = self._velocities[index]
+        m_variable, v_variable = keras_private.adam_moments(self, index)
         p, m, v = (
             ops.convert_to_tensor(t) for t in (variable, m_variable, v_variable)
         )

@@ -105,7 +105,9 @@ class FLixAdapter:
         )
         flix = cls.from_config(config)
         # Not Keras-tracked state: consumed and removed by `build`.
-        object.__setattr__(flix, "_adopted_base", (layer._kernel, layer.bias))
+        object.__setattr__(
+            flix, "_adopted_base", (keras_private.kernel(layer), layer.bias)
+        )
         keras_private.set_remat_mode(flix, keras_private.remat_mode(layer))
         parent_path = layer.path.rpartition("/")[0]
         with contextlib.ExitStack() as scopes:
@@ -123,7 +125,8 @@ class FLixAdapter:
         adopted = self.__dict__.pop("_adopted_base", None)
         if adopted is None:
             return False
-        self._kernel, self.bias = adopted
+        kernel, self.bias = adopted
+        keras_private.set_kernel(self, kernel)
         return True
 
     def _init_adapter(
@@ -171,7 +174,7 @@ class FLixAdapter:
         ]
 
     def _base_variables(self):
-        return [v for v in (self._kernel, self.bias) if v is not None]
+        return [v for v in (self.base_kernel, self.bias) if v is not None]
 
     def _freeze_base(self):
         for variable in self._base_variables():
@@ -274,13 +277,13 @@ class FLixAdapter:
     @property
     def base_kernel(self):
         """The frozen kernel variable of the base layer."""
-        return self._kernel
+        return keras_private.kernel(self)
 
     def _adapter_delta(self, inputs, feature_ids, equations):
         """The summed low-rank updates of each example's active features."""
         if feature_ids is None:
             feature_ids = current_feature_ids()
-        kernel_shape = self._kernel.shape
+        kernel_shape = self.base_kernel.shape
         types = self.schema.feature_types
         # All types at once, with NumPy constants: eager backends pay per op.
         num_values = np.array([self.schema.num_values[t] for t in types], "int32")
@@ -344,12 +347,12 @@ class FLixAdapter:
         """
         ids = self.schema.encode_checked(feature_ids)
         contracted_axes, output_axes = self.kernel_axes
-        kernel_shape = tuple(self._kernel.shape)
+        kernel_shape = tuple(self.base_kernel.shape)
         permuted_shape = [kernel_shape[a] for a in contracted_axes + output_axes]
         inverse = [0] * len(kernel_shape)
         for position, axis in enumerate(contracted_axes + output_axes):
             inverse[axis] = position
-        kernel = ops.convert_to_tensor(self._kernel)
+        kernel = ops.convert_to_tensor(self.base_kernel)
         for feature_type, value in zip(self.schema.feature_types, ids):
             if value < 0:
                 continue

@@ -83,11 +83,11 @@ class FLixDense(FLixAdapter, keras.layers.Dense):
     def build(self, input_shape):
         if self._adopt_base():
             self.input_spec = keras.InputSpec(
-                min_ndim=2, axes={-1: self._kernel.shape[0]}
+                min_ndim=2, axes={-1: self.base_kernel.shape[0]}
             )
         else:
             super().build(input_shape)
-        self._build_adapters(self._kernel.shape[0], self.units)
+        self._build_adapters(self.base_kernel.shape[0], self.units)
 
     @property
     def kernel_axes(self):

@@ -90,7 +90,7 @@ class FLixEinsumDense(FLixAdapter, keras.layers.EinsumDense):
             self.input_spec = keras.InputSpec(ndim=len(input_shape))
         else:
             super().build(input_shape)
-        kernel_shape = self._kernel.shape
+        kernel_shape = self.base_kernel.shape
         self._build_adapters(
             math.prod(kernel_shape[a] for a in self._equations.contracted_axes),
             math.prod(kernel_shape[a] for a in self._equations.output_axes),
