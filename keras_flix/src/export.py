@@ -91,16 +91,19 @@ def export_saved_model(model, path, input_signature=None, verbose=False):
         for feature_type in schema.feature_types:
             names = inputs[feature_type]
             ids = tables[feature_type].lookup(names)
+            unknown = tf.equal(ids, UNKNOWN)
             if schema.unknown == "error":
                 tf.debugging.Assert(
-                    tf.reduce_all(ids >= ABSENT),
+                    tf.logical_not(tf.reduce_any(unknown)),
                     [
                         f"Unknown value for feature type '{feature_type}' "
                         f"(known: {list(schema.values(feature_type))}):",
-                        tf.boolean_mask(names, tf.equal(ids, UNKNOWN)),
+                        tf.boolean_mask(names, unknown),
                     ],
                 )
-            columns.append(ids)
+            # So that this assertion, which names the values, is the one that
+            # fails, not the model's range check of the ids.
+            columns.append(tf.where(unknown, ABSENT, ids))
         base_inputs = {name: inputs[name] for name in base_specs}
         return serve_ids({**base_inputs, FEATURE_IDS_KEY: tf.stack(columns, axis=1)})
 
