@@ -3,17 +3,17 @@
 import keras
 import numpy as np
 import pytest
+from helpers import ALPHAS
+from helpers import EQUATIONS
 from helpers import MIXED_IDS
+from helpers import RANKS
 from helpers import SCHEMA
+from helpers import compiled_versions
+from helpers import make_layer
 from helpers import max_relative_error
+from helpers import randomize
+from helpers import reference_kernel
 from helpers import to_numpy
-from test_layers import ALPHAS
-from test_layers import EQUATIONS
-from test_layers import RANKS
-from test_layers import compiled_versions
-from test_layers import make_layer
-from test_layers import randomize
-from test_layers import reference_kernel
 
 import keras_flix as kf
 from keras_flix.src import backend

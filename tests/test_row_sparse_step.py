@@ -105,6 +105,7 @@ def fit_weights(sparse_gradients, train_also=(), feature_dropout=0.0, **optimize
     return [to_numpy(v) for v in model.trainable_variables], history.history["loss"]
 
 
+@pytest.mark.slow
 @row_sparse_step
 @pytest.mark.parametrize(
     "options",
@@ -134,6 +135,7 @@ def test_row_sparse_step_trains_like_dense_gradients(options, monkeypatch):
         np.testing.assert_allclose(sparse, dense, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @row_sparse_step
 def test_row_sparse_step_out_of_range_ids_give_nan_loss():
     backbone = tiny_bert(seed=3)
