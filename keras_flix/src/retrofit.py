@@ -13,21 +13,7 @@ from keras_flix.src.config import FLixConfig
 from keras_flix.src.flix_model import FLixModel
 
 
-def retrofit(
-    model,
-    schema,
-    rank=8,
-    alpha=None,
-    target_layers=None,
-    feature_dropout=0.0,
-    train_also=(),
-    *,
-    copy=False,
-    seed=None,
-    a_initializer="he_uniform",
-    b_initializer="zeros",
-    compute_path="auto",
-):
+def retrofit(model, schema, *, copy=False, **settings):
     """Adds FLix adapters to a model's projections.
 
     Every target `Dense` / `EinsumDense` layer is replaced by a `FLixDense` /
@@ -47,25 +33,18 @@ def retrofit(
             `TextClassifier`, `CausalLM`), or any built Keras model with
             `Dense` / `EinsumDense` layers.
         schema: the `keras_flix.FeatureSchema`.
-        rank: adapter rank, an int or a dict from feature type to int.
-        alpha: scale numerator (`None`: equal to the rank), a number or a
-            dict from feature type to number. The scale is `alpha / rank`.
-        target_layers: names, paths or regular expressions (full match) of the
-            layers to adapt. Default: the backbone's
-            `default_lora_layer_names()` (query and value projections).
-            Each given pattern must match a layer.
-        feature_dropout: probability of dropping each feature of each
-            example in training, a float or a dict from feature type to
-            float.
-        train_also: names, paths or regexes of further layers to keep
-            trainable (e.g. a task head); everything else is frozen.
         copy: adapt a copy instead of `model` itself.
-        seed: seed of the feature dropout.
-        a_initializer: initializer of each value's `A` matrix.
-        b_initializer: initializer of each value's `B` matrix.
-        compute_path: how the FLix layers select each example's adapters:
-            `"auto"` (default), `"gather"` or `"one_hot"` (see
-            `keras_flix.src.layers.selection.COMPUTE_PATHS`).
+        **settings: the FLix settings, as for `keras_flix.FLixConfig`:
+            `rank` (default 8, an int or a dict from feature type to int),
+            `alpha` (scale numerator; default `None`, equal to the rank),
+            `target_layers` (names, paths or regular expressions of the
+            layers to adapt; default: the backbone's
+            `default_lora_layer_names()`, the query and value projections;
+            each given pattern must match a layer), `feature_dropout`
+            (default 0.0), `train_also` (layers kept trainable besides the
+            adapters, e.g. a task head; everything else is frozen), `seed`
+            (of the feature dropout), `a_initializer`, `b_initializer` and
+            `compute_path` (`"auto"`, `"gather"` or `"one_hot"`).
 
     The settings are checked, as a `keras_flix.FLixConfig`, before the
     model is touched; the FLix model keeps that config (`flix_config`).
@@ -116,18 +95,7 @@ def retrofit(
             "the FLix model returned the first time."
         )
     # Check every setting before the model is touched.
-    config = FLixConfig(
-        schema,
-        rank=rank,
-        alpha=alpha,
-        target_layers=target_layers,
-        feature_dropout=feature_dropout,
-        train_also=train_also,
-        seed=seed,
-        a_initializer=a_initializer,
-        b_initializer=b_initializer,
-        compute_path=compute_path,
-    )
+    config = FLixConfig(schema, **settings)
     check_train_also(model, config.train_also)
     target_layers_of(model, config)
     if copy:
