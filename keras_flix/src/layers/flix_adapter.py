@@ -10,6 +10,7 @@ from keras import ops
 from keras_flix.src import keras_private
 from keras_flix.src.config import per_type
 from keras_flix.src.distribution import register_adapter_layouts
+from keras_flix.src.inputs import ABSENT
 from keras_flix.src.inputs import is_all_absent
 from keras_flix.src.inputs import standardize_feature_ids
 from keras_flix.src.feature_scope import current_feature_ids
@@ -236,7 +237,7 @@ class FLixAdapter:
             )
         if is_all_absent(feature_ids):
             feature_ids = ops.full(
-                (ops.shape(inputs)[0], len(self.schema.feature_types)), -1, "int32"
+                (ops.shape(inputs)[0], len(self.schema.feature_types)), ABSENT, "int32"
             )
         if isinstance(feature_ids, keras.KerasTensor):
             # A symbolic input: wire the ids into the Functional graph.

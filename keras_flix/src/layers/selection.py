@@ -3,6 +3,7 @@
 from keras import ops
 
 from keras_flix.src import backend
+from keras_flix.src.inputs import ABSENT
 
 COMPUTE_PATHS = ("auto", "gather", "one_hot")
 """How a FLix layer selects each example's adapters from its tables.
@@ -80,7 +81,7 @@ def adapter_rows(feature_ids, num_values):
     """
     present = ops.greater_equal(feature_ids, 0)
     valid = ops.logical_and(
-        ops.greater_equal(feature_ids, -1), ops.less(feature_ids, num_values)
+        ops.greater_equal(feature_ids, ABSENT), ops.less(feature_ids, num_values)
     )
     rows = ops.where(ops.logical_and(present, valid), feature_ids, 0)
     return rows, present, valid
