@@ -24,7 +24,8 @@ def test_readme_quickstart_runs(capsys):
     printed = capsys.readouterr().out
     # What the comments in the block say is printed.
     assert "[[ 2  0]\n [-1  1]]" in printed
-    assert "(2, 32)" in printed
+    # `(2, 32)`; torch prints a shape as `torch.Size([2, 32])`.
+    assert re.search(r"^(torch\.Size\(\[2, 32\]\)|\(2, 32\))$", printed, re.M)
     assert "Trainable parameters:" in printed
 
 
