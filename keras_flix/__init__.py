@@ -6,17 +6,18 @@ from keras_flix import optimizers
 from keras_flix import pretrained
 from keras_flix.src.adapter_files import load_adapters
 from keras_flix.src.adapter_files import save_adapters
+from keras_flix.src.config import FLixConfig
 from keras_flix.src.distribution import FLixLayoutMap
 from keras_flix.src.distribution import layout_map
 from keras_flix.src.export import export_saved_model
 from keras_flix.src.feature_scope import current_feature_ids
 from keras_flix.src.feature_scope import feature_scope
-from keras_flix.src.flix_model import FEATURE_IDS_KEY
-from keras_flix.src.flix_model import INPUTS_KEY
 from keras_flix.src.flix_model import FLixModel
+from keras_flix.src.inputs import ABSENT
+from keras_flix.src.inputs import FEATURE_IDS_KEY
+from keras_flix.src.inputs import INPUTS_KEY
 from keras_flix.src.merging import merge
 from keras_flix.src.retrofit import retrofit
-from keras_flix.src.schema import ABSENT
 from keras_flix.src.schema import FeatureSchema
 from keras_flix.src.summary import summary
 
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ABSENT",
     "FEATURE_IDS_KEY",
+    "FLixConfig",
     "FLixLayoutMap",
     "FLixModel",
     "FeatureSchema",

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import keras
+import pytest
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "speed.py")
 # Enough for both inference targets and one memory probe, in well under a
@@ -18,6 +19,7 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "speed.py")
 CONFIGURATIONS = ["frozen", "flix_v8", "merged_v8"]
 
 
+@pytest.mark.slow
 def test_quick_run_writes_well_formed_json(tmp_path):
     path = tmp_path / "speed.json"
     env = {**os.environ, "KERAS_BACKEND": keras.backend.backend()}

@@ -3,22 +3,22 @@
 import keras
 import numpy as np
 import pytest
+from helpers import ALPHAS
+from helpers import EQUATIONS
 from helpers import MIXED_IDS
+from helpers import RANKS
 from helpers import SCHEMA
+from helpers import compiled_versions
+from helpers import make_layer
 from helpers import max_relative_error
+from helpers import randomize
+from helpers import reference_kernel
 from helpers import to_numpy
-from test_layers import ALPHAS
-from test_layers import EQUATIONS
-from test_layers import RANKS
-from test_layers import compiled_versions
-from test_layers import make_layer
-from test_layers import randomize
-from test_layers import reference_kernel
 
 import keras_flix as kf
-from keras_flix.src.layers import flix_adapter
-from keras_flix.src.layers.flix_adapter import COMPUTE_PATHS
-from keras_flix.src.layers.flix_adapter import resolve_compute_path
+from keras_flix.src import backend
+from keras_flix.src.layers.selection import COMPUTE_PATHS
+from keras_flix.src.layers.selection import resolve_compute_path
 
 
 def outputs_by_path(layer, x, ids, paths=COMPUTE_PATHS):
@@ -167,11 +167,35 @@ def test_from_base_takes_compute_path():
 def test_auto_path_rule(monkeypatch):
     assert resolve_compute_path("gather", 2, 64) == "gather"
     assert resolve_compute_path("one_hot", 4096, 1) == "one_hot"
-    on_tpu = flix_adapter._on_tpu()
+    on_tpu = backend.on_tpu()
     assert resolve_compute_path("auto", 8, 64) == ("one_hot" if on_tpu else "gather")
-    monkeypatch.setattr(flix_adapter, "_on_tpu", lambda: True)
+    monkeypatch.setattr(backend, "on_tpu", lambda: True)
     assert resolve_compute_path("auto", 64, 64) == "one_hot"
     assert resolve_compute_path("auto", 65, 64) == "gather"
     assert resolve_compute_path("auto", 8, None) == "gather"
-    monkeypatch.setattr(flix_adapter, "_on_tpu", lambda: False)
+    monkeypatch.setattr(backend, "on_tpu", lambda: False)
     assert resolve_compute_path("auto", 2, 64) == "gather"
+
+
+@pytest.mark.parametrize("path", COMPUTE_PATHS)
+def test_retrofit_takes_compute_path_and_merge_works_after_it(path):
+    # `merge` used to pass `compute_path` on to the rebuilt Dense layers.
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(6, name="hidden")(inputs)
+    outputs = keras.layers.EinsumDense("ab,bc->ac", 3, name="proj")(hidden)
+    base = keras.Model(inputs, outputs)
+    model = kf.retrofit(
+        base, SCHEMA, rank=2, target_layers=["hidden", "proj"], compute_path=path
+    )
+    assert model.flix_config.compute_path == path
+    assert [layer.compute_path for layer in model.flix_layers] == [path, path]
+    for layer in model.flix_layers:
+        randomize(layer)
+    x = np.random.default_rng(2).standard_normal((1, 4)).astype("float32")
+    for as_lora in (False, True):
+        merged = kf.merge(model, {"language": "sw", "task": "qa"}, as_lora=as_lora)
+        assert type(merged.get_layer("hidden")) is keras.layers.Dense
+        assert type(merged.get_layer("proj")) is keras.layers.EinsumDense
+        ids = np.array([[2, 0]], "int32")
+        expected = to_numpy(model({"inputs": x, "feature_ids": ids}))
+        assert max_relative_error(to_numpy(merged(x)), expected) < 1e-5

@@ -8,7 +8,7 @@ import tensorflow as tf
 from helpers import SCHEMA
 from helpers import randomize_adapters
 from helpers import tiny_bert
-from test_retrofit import tiny_classifier
+from helpers import tiny_classifier
 
 import keras_flix as kf
 from keras_flix import data as kd
@@ -279,6 +279,7 @@ def cell_dataset(n, seed, language, task, field_language=False):
 
 
 # Keras warns when a dataset of unknown cardinality (a by_cell filter) ends.
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Your input ran out of data")
 @pytest.mark.parametrize(
     "optimizer",

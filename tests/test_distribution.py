@@ -31,6 +31,7 @@ only_on = lambda backend: pytest.mark.skipif(  # noqa: E731
 )
 
 
+@pytest.mark.slow
 @only_on("jax")
 def test_jax_model_parallel_with_kerashub_layout_map():
     result = run_script("jax_parallel.py", "model_parallel")
@@ -45,6 +46,7 @@ def test_jax_model_parallel_with_kerashub_layout_map():
     assert shardings["decoder_block_0/ffw_linear/flix_language_b"] == "P(None, None, 'batch')"
 
 
+@pytest.mark.slow
 @only_on("jax")
 def test_jax_model_parallel_with_sharded_feature_values():
     result = run_script("jax_parallel.py", "values_sharded")
@@ -54,6 +56,7 @@ def test_jax_model_parallel_with_sharded_feature_values():
     assert shardings["decoder_block_0/ffw_linear/flix_language_b"] == "P('model', None, 'batch')"
 
 
+@pytest.mark.slow
 @only_on("jax")
 def test_jax_data_parallel():
     result = run_script("jax_parallel.py", "data_parallel")
@@ -61,6 +64,7 @@ def test_jax_data_parallel():
     assert result["max_weight_difference"] < 1e-5
 
 
+@pytest.mark.slow
 @only_on("jax")
 @pytest.mark.parametrize("mode", ["data_parallel", "values_sharded"])
 def test_jax_row_sparse_lazy_adam_step_distributed(mode):
@@ -71,6 +75,7 @@ def test_jax_row_sparse_lazy_adam_step_distributed(mode):
     assert result["max_weight_difference"] < 1e-5
 
 
+@pytest.mark.slow
 @only_on("tensorflow")
 def test_tf_mirrored_strategy():
     result = run_script("tf_mirrored.py")

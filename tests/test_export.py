@@ -52,6 +52,7 @@ print(json.dumps([by_name["pooled_output"].numpy().tolist(),
 """
 
 
+@pytest.mark.slow
 def test_saved_model_serves_without_keras(exported):
     import json
 
@@ -71,6 +72,7 @@ def test_saved_model_serves_without_keras(exported):
     np.testing.assert_allclose(by_ids, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_unknown_values_fail_the_request_or_are_absent(exported, tmp_path):
     import tensorflow as tf
 
@@ -95,6 +97,7 @@ def test_unknown_values_fail_the_request_or_are_absent(exported, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_saved_model_cli_lists_the_signatures(exported):
     path, _ = exported
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
@@ -108,6 +111,7 @@ def test_saved_model_cli_lists_the_signatures(exported):
         assert expected in result.stdout
 
 
+@pytest.mark.slow
 def test_export_example_runs(tmp_path, monkeypatch):
     import runpy
 

@@ -59,6 +59,7 @@ def tiny_causal_lm(family, seed=0):
     return causal_lm
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["gpt2", "gemma", "llama"])
 def test_each_prompt_generates_as_if_alone_with_its_features(family):
     model = kf.retrofit(
@@ -117,6 +118,7 @@ def test_generate_bad_inputs():
         backbone_model.generate({"inputs": "a", "feature_ids": ids})
 
 
+@pytest.mark.slow
 def test_fit_causal_lm_on_tagged_text():
     model = kf.retrofit(tiny_gpt2(letter_preprocessor()), SCHEMA, rank=4)
     rng = np.random.default_rng(0)
@@ -133,6 +135,7 @@ def test_fit_causal_lm_on_tagged_text():
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.slow
 def test_scoring_function_merges_and_exports(tmp_path):
     model = kf.retrofit(tiny_gpt2(), SCHEMA, rank=2)
     randomize_adapters(model, scale=0.5)
@@ -160,6 +163,7 @@ def test_scoring_function_merges_and_exports(tmp_path):
     np.testing.assert_allclose(list(out.values())[0].numpy(), logits, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_seq2seq_generation_per_example_features():
     keras.utils.set_random_seed(0)
     backbone = keras_hub.models.BartBackbone(
@@ -196,6 +200,7 @@ def test_seq2seq_generation_per_example_features():
     np.testing.assert_allclose(flix[-1], base[-1], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_causal_lm_example_runs(capsys):
     import runpy
 

@@ -51,6 +51,7 @@ MODELS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_projection_matches_the_merged_kernel_model(name):
     make_backbone, make_inputs = MODELS[name]

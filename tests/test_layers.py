@@ -1,72 +1,19 @@
 import keras
 import numpy as np
 import pytest
+from helpers import ALPHAS
+from helpers import EQUATIONS
 from helpers import MIXED_IDS
+from helpers import RANKS
 from helpers import SCHEMA
+from helpers import compiled_versions
+from helpers import make_layer
 from helpers import max_relative_error
+from helpers import randomize
+from helpers import reference_kernel
 from helpers import to_numpy
 
 import keras_flix as kf
-
-RANKS = {"language": 2, "task": 3}
-ALPHAS = {"language": 4.0, "task": 1.5}
-
-# (equation, output_shape, bias_axes, input_shape): every projection equation of
-# KerasHub's BERT / XLM-R / GPT-2 (MultiHeadAttention), Gemma and Llama, plus
-# ellipsis and plain-matrix forms.
-EQUATIONS = [
-    ("abc,cde->abde", (None, 2, 4), "de", (6, 5, 8)),
-    ("abcd,cde->abe", (None, 8), "e", (6, 5, 2, 4)),
-    ("btd,ndh->btnh", (None, 2, 4), None, (6, 5, 8)),
-    ("bsd,kdh->bskh", (None, 1, 4), None, (6, 5, 8)),
-    ("btnh,nhd->btd", (None, 8), None, (6, 5, 2, 4)),
-    ("btd,df->btf", (None, 12), None, (6, 5, 8)),
-    ("btf,fd->btd", (None, 8), None, (6, 5, 12)),
-    ("bqm,muh->bquh", (None, 2, 4), None, (6, 5, 8)),
-    ("bkm,mvh->bkvh", (None, 1, 4), None, (6, 5, 8)),
-    ("bquh,uhm->bqm", (None, 8), None, (6, 5, 2, 4)),
-    ("...b,bc->...c", 7, "c", (6, 5, 8)),
-    ("ab,bc->ac", 7, "c", (6, 8)),
-]
-
-
-def reference_kernel(layer, equation, ids_row):
-    """W0 + sum_t s_t reshape(A_t B_t), written out independently."""
-    inputs, rest = equation.split(",")
-    kernel_term, output = rest.split("->")
-    inputs = inputs.replace("...", "")
-    kernel = to_numpy(layer._kernel).copy()
-    contracted = [i for i, c in enumerate(kernel_term) if c in inputs]
-    outputs = [i for i, c in enumerate(kernel_term) if c in output]
-    for t, feature_type in enumerate(SCHEMA.feature_types):
-        value = ids_row[t]
-        if value < 0:
-            continue
-        a = to_numpy(layer.adapter_a[feature_type])[value]
-        b = to_numpy(layer.adapter_b[feature_type])[value]
-        update = (a @ b).reshape([kernel.shape[i] for i in contracted + outputs])
-        update = np.transpose(update, np.argsort(contracted + outputs))
-        kernel += ALPHAS[feature_type] / RANKS[feature_type] * update
-    return kernel
-
-
-def make_layer(equation, output_shape, bias_axes, **kwargs):
-    return kf.layers.FLixEinsumDense(
-        equation,
-        output_shape=output_shape,
-        bias_axes=bias_axes,
-        schema=SCHEMA,
-        rank=RANKS,
-        alpha=ALPHAS,
-        **kwargs,
-    )
-
-
-def randomize(layer, seed=0):
-    rng = np.random.default_rng(seed)
-    for variable in layer.adapter_variables:
-        variable.assign(rng.standard_normal(variable.shape).astype("float32"))
-
 
 def test_dense_matches_numpy_reference_for_any_rank():
     layer = kf.layers.FLixDense(
@@ -168,22 +115,6 @@ def test_int64_ids_are_accepted():
     a = to_numpy(layer(x, feature_ids=MIXED_IDS))
     b = to_numpy(layer(x, feature_ids=MIXED_IDS.astype("int64")))
     np.testing.assert_array_equal(a, b)
-
-
-def compiled_versions(fn):
-    """`fn` eagerly and under each of the backend's compilers."""
-    backend = keras.backend.backend()
-    versions = [fn]
-    if backend == "jax":
-        import jax
-
-        versions.append(jax.jit(fn))
-    elif backend == "tensorflow":
-        import tensorflow as tf
-
-        versions.append(tf.function(fn))
-        versions.append(tf.function(fn, jit_compile=True))
-    return versions
 
 
 @pytest.mark.parametrize("equation, output_shape, bias_axes, input_shape", EQUATIONS[:3])

@@ -55,7 +55,7 @@ STEPS = [(0, 3), (1,), (0, 1, 3)]
     "max_sparse_rows",
     [
         3,  # every step gathers and scatters rows
-        2,  # the third step uses 3 rows: the masked fallback
+        2,  # the third step uses 3 rows: two rounds of gather and scatter
         256,  # more than the table's rows: always masked
     ],
 )

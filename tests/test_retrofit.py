@@ -7,6 +7,7 @@ from helpers import SCHEMA
 from helpers import bert_inputs
 from helpers import randomize_adapters
 from helpers import tiny_bert
+from helpers import tiny_classifier
 from helpers import to_numpy
 
 import keras_flix as kf
@@ -133,24 +134,6 @@ def test_retrofit_text_classifier_with_its_preprocessor():
     ids = MIXED_IDS[:4]
     got = model.predict({"inputs": texts, "feature_ids": ids}, verbose=0)
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
-
-
-def tiny_classifier(num_classes=2, seed=0):
-    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [
-        "the", "a", "cat", "dog", "sat", "ran", "big", "small",
-    ]
-    tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocabulary)
-    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
-        tokenizer, sequence_length=8
-    )
-    keras.utils.set_random_seed(seed)
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=len(vocabulary), num_layers=2, num_heads=2,
-        hidden_dim=32, intermediate_dim=64, max_sequence_length=8,
-    )
-    return keras_hub.models.BertTextClassifier(
-        backbone, num_classes=num_classes, preprocessor=preprocessor
-    )
 
 
 def test_summary_counts():

@@ -14,7 +14,7 @@ from helpers import to_numpy
 
 import keras_flix as kf
 from keras_flix.optimizers import LazyAdam
-from keras_flix.src.layers.flix_adapter import adapter_rows
+from keras_flix.src.layers.selection import adapter_rows
 from keras_flix.src.layers.gathered_rows import GatheredRows
 from keras_flix.src.layers.gathered_rows import gathered_rows_scope
 
@@ -26,11 +26,9 @@ row_sparse_step = pytest.mark.skipif(
 
 
 def step_module():
-    if keras.backend.backend() == "jax":
-        from keras_flix.src import jax_row_sparse_step as module
-    else:
-        from keras_flix.src import torch_row_sparse_step as module
-    return module
+    from keras_flix.src import backend
+
+    return backend
 
 
 def layer_and_inputs():
@@ -107,6 +105,7 @@ def fit_weights(sparse_gradients, train_also=(), feature_dropout=0.0, **optimize
     return [to_numpy(v) for v in model.trainable_variables], history.history["loss"]
 
 
+@pytest.mark.slow
 @row_sparse_step
 @pytest.mark.parametrize(
     "options",
@@ -136,6 +135,7 @@ def test_row_sparse_step_trains_like_dense_gradients(options, monkeypatch):
         np.testing.assert_allclose(sparse, dense, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @row_sparse_step
 def test_row_sparse_step_out_of_range_ids_give_nan_loss():
     backbone = tiny_bert(seed=3)

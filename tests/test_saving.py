@@ -14,8 +14,8 @@ from helpers import bert_inputs
 from helpers import max_relative_error
 from helpers import randomize_adapters
 from helpers import tiny_bert
+from helpers import tiny_classifier
 from helpers import to_numpy
-from test_retrofit import tiny_classifier
 
 import keras_flix as kf
 
@@ -74,6 +74,7 @@ def run_under(backend, script):
     return result.stdout
 
 
+@pytest.mark.slow
 def test_keras_file_loads_in_fresh_processes_on_every_backend(tmp_path):
     model = flix_bert()
     randomize_adapters(model)
@@ -197,6 +198,7 @@ COMBINATIONS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("as_lora", [False, True])
 def test_merge_matches_the_flix_model(as_lora):
     model = flix_bert()
@@ -223,6 +225,7 @@ def test_merge_matches_the_flix_model(as_lora):
         assert layers[prefix + "query"].lora_rank == 2 * 5  # 2 heads
 
 
+@pytest.mark.slow
 def test_merged_task_keeps_preprocessor_and_loads_without_keras_flix(tmp_path):
     model = kf.retrofit(tiny_classifier(), SCHEMA, rank=2, train_also=["logits"])
     randomize_adapters(model, scale=0.3)

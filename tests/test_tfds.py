@@ -6,10 +6,11 @@ import pathlib
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from helpers import SCHEMA
-from test_retrofit import tiny_classifier
+from helpers import tiny_classifier
 
 import keras_flix as kf
 from keras_flix import data as kd
@@ -93,6 +94,7 @@ def tagged_task(builder, task):
     )
 
 
+@pytest.mark.slow
 def test_local_tfds_builder_through_tag_mix_and_fit(tmp_path):
     builder, rows = prepared_builder(tmp_path)
     datasets = {task: tagged_task(builder, task) for task in ("qa", "ner")}
@@ -129,6 +131,7 @@ def test_local_tfds_builder_through_tag_mix_and_fit(tmp_path):
     assert sizes == {("en", "qa"): 12, ("sw", "ner"): 8}
 
 
+@pytest.mark.slow
 def test_tfds_example_runs_end_to_end(tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("tfds_pipeline_example", EXAMPLE)
     example = importlib.util.module_from_spec(spec)

@@ -8,8 +8,8 @@ from helpers import SCHEMA
 from helpers import bert_inputs
 from helpers import randomize_adapters
 from helpers import tiny_bert
+from helpers import tiny_classifier
 from helpers import to_numpy
-from test_retrofit import tiny_classifier
 
 import keras_flix as kf
 
@@ -28,6 +28,7 @@ def tagged_texts(n, seed, languages=(0, 1), tasks=(0, 1)):
     return {"inputs": texts, "feature_ids": ids}, labels
 
 
+@pytest.mark.slow
 def test_fit_learns_feature_dependent_labels_and_touches_only_adapters():
     classifier = tiny_classifier(num_classes=4)
     model = kf.retrofit(
@@ -68,6 +69,7 @@ def test_fit_learns_feature_dependent_labels_and_touches_only_adapters():
     assert predictions.shape == (128, 4)
 
 
+@pytest.mark.slow
 def test_fit_on_a_tf_data_pipeline_of_preprocessed_inputs():
     import tensorflow as tf
 
@@ -84,6 +86,7 @@ def test_fit_on_a_tf_data_pipeline_of_preprocessed_inputs():
     assert np.isfinite(history.history["loss"]).all()
 
 
+@pytest.mark.slow
 def test_mixed_batch_equals_examples_one_by_one():
     model = kf.retrofit(tiny_bert(), SCHEMA, rank=3, target_layers=[".*"])
     randomize_adapters(model)
@@ -216,6 +219,7 @@ def test_gradient_checkpointing_of_a_kerashub_backbone():
     assert_same_training(pooled_bert, keras.RematScope(mode="full"), x, y)
 
 
+@pytest.mark.slow
 def test_fit_under_mixed_bfloat16_keeps_float32_adapters_and_learns():
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_bfloat16")

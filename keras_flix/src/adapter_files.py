@@ -10,7 +10,8 @@ import zipfile
 import keras
 import numpy as np
 
-from keras_flix.src.adapters import flix_layers
+from keras_flix.src.adapters import require_flix_layers
+from keras_flix.src.config import WEIGHT_KEYS
 from keras_flix.src.schema import FeatureSchema
 
 FORMAT = "keras-flix-adapters"
@@ -45,7 +46,7 @@ def save_adapters(model, path):
     >>> kf.save_adapters(model, path)
     >>> kf.load_adapters(model, path)
     """
-    layers = _flix_layers_of(model)
+    layers = require_flix_layers(model)
     metadata = _describe(layers)
     directory = os.path.dirname(os.path.abspath(path))
     handle, temporary = tempfile.mkstemp(dir=directory, suffix=".partial")
@@ -87,7 +88,7 @@ def load_adapters(model, path, check_base=True):
             truncated, or does not fit the model (the message says what
             differs).
     """
-    layers = _flix_layers_of(model)
+    layers = require_flix_layers(model)
     metadata, arrays = _read(path)
     expected = _describe(layers)
     problems = _compare(metadata, expected, check_base)
@@ -115,26 +116,19 @@ def load_adapters(model, path, check_base=True):
         variable.assign(value)
 
 
-def _flix_layers_of(model):
-    layers = flix_layers(model)
-    if not layers:
-        raise ValueError(f"Model '{model.name}' holds no FLix layers.")
-    return layers
-
-
 def _describe(layers):
     schema = layers[0].schema
     fingerprint = hashlib.sha256()
     described = {}
     for layer in layers:
-        kernel = keras.ops.convert_to_numpy(layer._kernel).astype("float32")
+        kernel = keras.ops.convert_to_numpy(layer.base_kernel).astype("float32")
         fingerprint.update(layer.path.encode())
         fingerprint.update(np.ascontiguousarray(kernel).tobytes())
+        settings = layer.adapter_config()
         described[layer.path] = {
             "class_name": type(layer).__name__,
             "kernel_shape": list(kernel.shape),
-            "rank": dict(layer.rank),
-            "alpha": dict(layer.alpha),
+            **{key: settings[key] for key in WEIGHT_KEYS},
         }
     return {
         "format": FORMAT,
@@ -201,7 +195,7 @@ def _compare(saved, expected, check_base):
             f"model {extra}"
         )
     for path in sorted(set(saved["layers"]) & set(expected["layers"])):
-        for key in ("class_name", "kernel_shape", "rank", "alpha"):
+        for key in ("class_name", "kernel_shape", *WEIGHT_KEYS):
             if saved["layers"][path][key] != expected["layers"][path][key]:
                 problems.append(
                     f"layer '{path}': {key} differs: saved "

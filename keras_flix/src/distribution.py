@@ -2,6 +2,8 @@
 
 import keras
 
+from keras_flix.src import keras_private
+
 
 class FLixLayoutMap(keras.distribution.LayoutMap):
     """A `LayoutMap` that also lays out FLix adapter variables.
@@ -34,11 +36,11 @@ class FLixLayoutMap(keras.distribution.LayoutMap):
             layer: a FLix layer whose base kernel exists and whose adapters
                 are about to be created.
         """
-        kernel_layout = self[layer._kernel.path]
+        kernel_layout = self[layer.base_kernel.path]
         kernel_axes = (
             tuple(kernel_layout.axes)
             if kernel_layout is not None
-            else (None,) * len(layer._kernel.shape)
+            else (None,) * len(layer.base_kernel.shape)
         )
         contracted_axes, output_axes = layer.kernel_axes
         # A mesh axis can shard only one axis of a variable: the value axis
@@ -47,8 +49,9 @@ class FLixLayoutMap(keras.distribution.LayoutMap):
         output_axis = _first_sharded(kernel_axes, output_axes, self.values_axis)
         for feature_type in layer.schema.feature_types:
             prefix = f"{layer.path}/flix_{feature_type}"
-            self._layout_map.pop(f"{prefix}_a", None)
-            self._layout_map.pop(f"{prefix}_b", None)
+            entries = keras_private.layout_entries(self)
+            entries.pop(f"{prefix}_a", None)
+            entries.pop(f"{prefix}_b", None)
             self[f"{prefix}_a"] = (self.values_axis, input_axis, None)
             self[f"{prefix}_b"] = (self.values_axis, None, output_axis)
 
@@ -105,6 +108,6 @@ def layout_map(base_layout_map, values_axis=None):
 def register_adapter_layouts(layer):
     """Lets an active `FLixLayoutMap` lay out `layer`'s adapters, if any."""
     distribution = keras.distribution.distribution()
-    layout = getattr(distribution, "_layout_map", None)
+    layout = keras_private.active_layout_map(distribution)
     if isinstance(layout, FLixLayoutMap):
         layout.add_adapter_layouts(layer)

@@ -1,14 +1,15 @@
 """`export_saved_model`: a TensorFlow SavedModel of a FLix model for serving."""
 
-import importlib.util
-
 import keras
 
-from keras_flix.src.feature_scope import ALL_ABSENT
+from keras_flix.src import backend
+from keras_flix.src.data.tagging import UNKNOWN
+from keras_flix.src.data.tagging import lookup_tables
 from keras_flix.src.feature_scope import feature_scope
-from keras_flix.src.flix_model import FEATURE_IDS_KEY
-from keras_flix.src.flix_model import INPUTS_KEY
 from keras_flix.src.flix_model import FLixModel
+from keras_flix.src.inputs import ABSENT
+from keras_flix.src.inputs import FEATURE_IDS_KEY
+from keras_flix.src.inputs import INPUTS_KEY
 
 
 def export_saved_model(model, path, input_signature=None, verbose=False):
@@ -53,22 +54,17 @@ def export_saved_model(model, path, input_signature=None, verbose=False):
     >>> base = keras.Model(inputs, keras.layers.Dense(4, name="proj")(inputs))
     >>> schema = kf.FeatureSchema({"language": ["en", "sw"]}, unknown="absent")
     >>> model = kf.retrofit(base, schema, rank=2, target_layers=["proj"])
-    >>> if keras.backend.backend() != "torch":
+    >>> try:
     ...     kf.export_saved_model(model, os.path.join(tempfile.mkdtemp(), "m"))
+    ... except NotImplementedError:  # torch, without torch_xla
+    ...     pass
     """
     if not isinstance(model, FLixModel):
         raise TypeError(
             "export_saved_model takes the model returned by "
             f"keras_flix.retrofit. Received: {type(model).__name__}"
         )
-    backend = keras.backend.backend()
-    if backend == "torch" and importlib.util.find_spec("torch_xla") is None:
-        raise NotImplementedError(
-            "Keras exports torch models to SavedModel only through torch_xla, "
-            "which is not installed. Save the model (`model.save('m.keras')`) "
-            "and export it from a process with KERAS_BACKEND=jax or "
-            "tensorflow: .keras files load on every backend."
-        )
+    backend.check_saved_model_export()
     import tensorflow as tf
 
     schema = model.schema
@@ -80,16 +76,8 @@ def export_saved_model(model, path, input_signature=None, verbose=False):
     serve_ids = archive.track_and_add_endpoint(
         "serve_ids", model, input_signature=[{**base_specs, FEATURE_IDS_KEY: ids_spec}]
     )
-    tables = {
-        feature_type: tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(
-                tf.constant(schema.values(feature_type)),
-                tf.range(schema.num_values[feature_type], dtype=tf.int32),
-            ),
-            default_value=-2,
-        )
-        for feature_type in schema.feature_types
-    }
+    # The same string -> id lookup as `keras_flix.data.tag`.
+    tables = lookup_tables(schema, schema.feature_types)
     for table in tables.values():
         archive.track(table)
     string_specs = {
@@ -103,8 +91,7 @@ def export_saved_model(model, path, input_signature=None, verbose=False):
         for feature_type in schema.feature_types:
             names = inputs[feature_type]
             ids = tables[feature_type].lookup(names)
-            ids = tf.where(tf.equal(names, ""), -1, ids)
-            unknown = tf.equal(ids, -2)
+            unknown = tf.equal(ids, UNKNOWN)
             if schema.unknown == "error":
                 tf.debugging.Assert(
                     tf.logical_not(tf.reduce_any(unknown)),
@@ -114,14 +101,16 @@ def export_saved_model(model, path, input_signature=None, verbose=False):
                         tf.boolean_mask(names, unknown),
                     ],
                 )
-            columns.append(tf.where(unknown, -1, ids))
+            # So that this assertion, which names the values, is the one that
+            # fails, not the model's range check of the ids.
+            columns.append(tf.where(unknown, ABSENT, ids))
         base_inputs = {name: inputs[name] for name in base_specs}
         return serve_ids({**base_inputs, FEATURE_IDS_KEY: tf.stack(columns, axis=1)})
 
     archive.add_endpoint("serving_default", serving_default)
     # TensorFlow traces a default signature for every nested Keras model it
     # saves, without feature ids; those functions are never served.
-    with feature_scope(ALL_ABSENT):
+    with feature_scope(ABSENT):
         archive.write_out(str(path), verbose=verbose)
 
 

@@ -32,7 +32,8 @@ def feature_scope(feature_ids):
 
     Args:
         feature_ids: int32 tensor of shape `[batch, n_feature_types]`
-            (see `FeatureSchema`), or `None` to hide an enclosing scope.
+            (see `FeatureSchema`), `keras_flix.ABSENT` for every feature of
+            every example absent, or `None` to hide an enclosing scope.
 
     Example:
 
@@ -52,10 +53,6 @@ def feature_scope(feature_ids):
         yield feature_ids
     finally:
         stack.pop()
-
-
-ALL_ABSENT = "all-absent"
-"""A scope value meaning: every feature of every example is absent."""
 
 
 def current_feature_ids():

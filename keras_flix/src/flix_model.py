@@ -4,125 +4,21 @@ import re
 
 import keras
 
-from keras_flix.src.adapters import add_adapters
+from keras_flix.src import backend
+from keras_flix.src import generation
+from keras_flix.src.adapters import check_train_also
 from keras_flix.src.adapters import flix_layers
-from keras_flix.src.adapters import match_layers
-from keras_flix.src.adapters import resolve_targets
-from keras_flix.src.feature_ids import standardize_feature_ids
-from keras_flix.src.feature_scope import current_feature_ids
+from keras_flix.src.adapters import inject
+from keras_flix.src.config import FLixConfig
 from keras_flix.src.feature_scope import feature_scope
+from keras_flix.src.inputs import join_feature_ids
+from keras_flix.src.inputs import split_feature_ids
+from keras_flix.src.inputs import standardize_feature_ids
 from keras_flix.src.layers.feature_dropout import FeatureDropout
-from keras_flix.src.schema import FeatureSchema
+from keras_flix.src.preprocessing import preprocessed_dataset
+from keras_flix.src.preprocessing import unpack
 from keras_flix.src.row_sparse_tables import adapter_tables
-
-FEATURE_IDS_KEY = "feature_ids"
-"""The input key that carries feature ids."""
-
-INPUTS_KEY = "inputs"
-"""The input key that carries a base model's non-dict inputs."""
-
-
-def split_feature_ids(inputs, owner):
-    """Splits a FLix model's inputs into the base inputs and the feature ids.
-
-    A FLix model takes a dict: the base model's dict inputs plus
-    `"feature_ids"`, or `{"inputs": <the base model's inputs>,
-    "feature_ids": ...}` when the base model's inputs are not a dict.
-
-    Args:
-        inputs: the FLix model's inputs.
-        owner: who received them, for error messages.
-
-    Returns:
-        `(base_inputs, feature_ids)`.
-    """
-    if not isinstance(inputs, dict) or FEATURE_IDS_KEY not in inputs:
-        received = (
-            f"a dict with keys {sorted(inputs)}"
-            if isinstance(inputs, dict)
-            else f"a {type(inputs).__name__}"
-        )
-        raise ValueError(
-            f"{owner} expects a dict of inputs with a '{FEATURE_IDS_KEY}' "
-            "entry (int32, [batch, n_feature_types]): the base model's dict "
-            f"inputs plus '{FEATURE_IDS_KEY}', or {{'{INPUTS_KEY}': x, "
-            f"'{FEATURE_IDS_KEY}': ids}} for non-dict inputs. Received "
-            f"{received}. `keras_flix.data.tag` adds the ids to a dataset."
-        )
-    base_inputs = {k: v for k, v in inputs.items() if k != FEATURE_IDS_KEY}
-    if set(base_inputs) == {INPUTS_KEY}:
-        base_inputs = base_inputs[INPUTS_KEY]
-    return base_inputs, inputs[FEATURE_IDS_KEY]
-
-
-def _take_ids_in_generate_step(task):
-    """Makes `task.generate_step` read feature ids from its inputs.
-
-    KerasHub compiles `generate_step` (`jax.jit`, `tf.function`); the ids
-    must be an argument of that function, not a value captured while
-    tracing, or a later call would reuse the first call's ids.
-    """
-    generate_step = task.generate_step
-
-    def generate_step_with_ids(inputs, stop_token_ids=None):
-        inputs = dict(inputs)
-        feature_ids = inputs.pop(FEATURE_IDS_KEY, None)
-        if feature_ids is None:
-            if current_feature_ids() is not None:
-                raise ValueError(
-                    "`generate()` inside `keras_flix.feature_scope` is not "
-                    "supported: the compiled generation function would keep "
-                    "the first call's ids. Call the FLix model's "
-                    "`generate({..., 'feature_ids': ids})` instead."
-                )
-            return generate_step(inputs, stop_token_ids)
-        with feature_scope(feature_ids):
-            return generate_step(inputs, stop_token_ids)
-
-    object.__setattr__(task, "generate_step", generate_step_with_ids)
-    task.generate_function = None
-
-
-class _DetachedPreprocessor:
-    """Runs a task without its preprocessor (inputs are preprocessed)."""
-
-    def __init__(self, task):
-        self.task = task
-
-    def __enter__(self):
-        self.preprocessor = self.task.preprocessor
-        self.task.preprocessor = None
-
-    def __exit__(self, *exc_info):
-        self.task.preprocessor = self.preprocessor
-
-
-def _prompt_mask_key(prompts):
-    for key in ("padding_mask", "decoder_padding_mask"):
-        if key in prompts:
-            return key
-    raise ValueError(
-        "Expected preprocessed prompts with a 'padding_mask' (CausalLM) or "
-        f"'decoder_padding_mask' (Seq2SeqLM). Received keys {sorted(prompts)}."
-    )
-
-
-def _decode_strings(value):
-    return value.decode("utf-8") if isinstance(value, bytes) else value
-
-
-def _unpack(data):
-    """`(x, y, sample_weight)` from a dataset element or a `(x, ...)` tuple."""
-    if isinstance(data, tuple) and len(data) == 1:
-        data = data[0]
-    return keras.utils.unpack_x_y_sample_weight(data)
-
-
-def join_feature_ids(inputs, feature_ids):
-    """The inverse of `split_feature_ids`."""
-    if isinstance(inputs, dict):
-        return {**inputs, FEATURE_IDS_KEY: feature_ids}
-    return {INPUTS_KEY: inputs, FEATURE_IDS_KEY: feature_ids}
+from keras_flix.src.row_sparse_tables import used_rows
 
 
 @keras.saving.register_keras_serializable(package="keras_flix")
@@ -138,58 +34,44 @@ class FLixModel(keras.Model):
     dict plus `"feature_ids"`).
 
     Public attributes of the base model (e.g. `backbone`, `preprocessor`)
-    are reachable on the FLix model.
+    are reachable on the FLix model. Generation lives in
+    `keras_flix.src.generation`, the preprocessing pipeline in
+    `keras_flix.src.preprocessing`.
 
     Args:
-        base_model: the model whose target layers are FLix layers already.
-        schema: the `FeatureSchema`.
-        rank, alpha, a_initializer, b_initializer: the adapter settings the
-            FLix layers were built with.
-        target_layers: the paths of the FLix layers.
-        feature_dropout: feature dropout rate, a float or per-type dict.
-        train_also: names, paths or regexes of layers left trainable.
-        seed: seed of the feature dropout.
+        base_model: the model whose target layers are FLix layers already
+            (see `keras_flix.src.adapters.inject`).
+        flix_config: the `keras_flix.FLixConfig` they were built with, its
+            `target_layers` the paths of the FLix layers.
         **kwargs: `keras.Model` arguments (e.g. `name`).
     """
 
-    def __init__(
-        self,
-        base_model,
-        schema,
-        rank,
-        alpha,
-        target_layers,
-        feature_dropout=0.0,
-        train_also=(),
-        seed=None,
-        a_initializer="he_uniform",
-        b_initializer="zeros",
-        **kwargs,
-    ):
+    def __init__(self, base_model, flix_config, **kwargs):
         super().__init__(**kwargs)
+        if not isinstance(flix_config, FLixConfig):
+            raise TypeError(
+                "`flix_config` must be a keras_flix.FLixConfig. Received: "
+                f"{type(flix_config).__name__}"
+            )
         self.base_model = base_model
-        self.schema = schema
+        # Not Keras-tracked state: a plain description of the settings.
+        object.__setattr__(self, "flix_config", flix_config)
         self.feature_dropout = FeatureDropout(
-            schema, feature_dropout, seed=seed, name="feature_dropout"
+            flix_config.schema,
+            flix_config.feature_dropout,
+            seed=flix_config.seed,
+            name="feature_dropout",
         )
-        self._settings = {
-            "rank": rank,
-            "alpha": alpha,
-            "target_layers": list(target_layers),
-            "train_also": [train_also] if isinstance(train_also, str) else list(train_also),
-            "seed": seed,
-            "a_initializer": keras.initializers.serialize(
-                keras.initializers.get(a_initializer)
-            ),
-            "b_initializer": keras.initializers.serialize(
-                keras.initializers.get(b_initializer)
-            ),
-        }
         object.__setattr__(self, "_flix_ready", True)
         self._apply_trainability()
         if hasattr(base_model, "generate_step"):
-            _take_ids_in_generate_step(base_model)
+            generation.take_ids_in_generate_step(base_model)
         self.built = True
+
+    @property
+    def schema(self):
+        """The `FeatureSchema` of the model's feature ids."""
+        return self.flix_config.schema
 
     @property
     def preprocessor(self):
@@ -222,16 +104,8 @@ class FLixModel(keras.Model):
         keep = {
             id(v) for layer in self.flix_layers for v in layer.adapter_variables
         }
-        matches = match_layers(
-            self.base_model, self._settings["train_also"], "train_also"
-        )
-        for pattern, layers in matches.items():
-            if not layers:
-                raise ValueError(
-                    f"`train_also` pattern {pattern!r} matches no layer of "
-                    f"'{self.base_model.name}'."
-                )
-            keep.update(id(v) for layer in layers for v in layer.trainable_variables)
+        for layer in check_train_also(self.base_model, self.flix_config.train_also):
+            keep.update(id(v) for v in layer.trainable_variables)
         for variable in self.base_model.trainable_variables:
             if id(variable) not in keep:
                 variable.trainable = False
@@ -253,27 +127,24 @@ class FLixModel(keras.Model):
         With an optimizer that takes row-sparse gradients
         (`kf.optimizers.LazyAdam`), the jax and torch steps differentiate
         with respect to the adapter-table rows the batch uses rather than
-        the whole tables (see `keras_flix.src.jax_row_sparse_step`). Other
+        the whole tables (see `keras_flix.src.backend.jax`). Other
         optimizers run Keras' own step; TensorFlow's gradients of the
         tables are row-sparse (`IndexedSlices`) by themselves.
         """
-        backend = keras.backend.backend()
         if (
-            backend in ("jax", "torch")
+            backend.row_sparse_train_step is not None
             and getattr(self.optimizer, "takes_row_sparse_gradients", False)
             # Without trainable tables there is nothing to make row-sparse.
             and adapter_tables(self)
         ):
-            if backend == "jax":
-                from keras_flix.src.jax_row_sparse_step import row_sparse_train_step
-            else:
-                from keras_flix.src.torch_row_sparse_step import row_sparse_train_step
-            return row_sparse_train_step(
+            x = keras.utils.unpack_x_y_sample_weight(args[-1])[0]
+            used = used_rows(
                 self,
-                *args,
-                feature_ids_of=lambda x: split_feature_ids(
-                    x, f"FLix model '{self.name}'"
-                )[1],
+                split_feature_ids(x, f"FLix model '{self.name}'")[1],
+                backend.unique_rows,
+            )
+            return backend.row_sparse_train_step(
+                self, *args, tables=adapter_tables(self), used=used
             )
         return super().train_step(*args, **kwargs)
 
@@ -300,7 +171,7 @@ class FLixModel(keras.Model):
         validation_data = kwargs.pop("validation_data", None)
         if validation_data is not None:
             validation_data = self._preprocessed(
-                *_unpack(validation_data), batch_size
+                *unpack(validation_data), batch_size
             )
         return super().fit(
             self._preprocessed(x, y, sample_weight, batch_size),
@@ -345,77 +216,18 @@ class FLixModel(keras.Model):
         `keras_flix.feature_scope` around `generate()` is refused: the
         compiled generation function would capture the ids as constants.
         """
-        base = self.base_model
-        if not hasattr(base, "generate_step"):
-            raise AttributeError(
-                f"'{base.name}' ({type(base).__name__}) does not generate; "
-                "`generate` needs a KerasHub CausalLM or Seq2SeqLM."
-            )
-        owner = f"FLix model '{self.name}'"
-        raw, feature_ids = split_feature_ids(inputs, owner)
-        if isinstance(raw, dict) and set(raw) == {"prompts"}:
-            raw = raw["prompts"]
-        single = isinstance(raw, str)
-        if single:
-            raw = [raw]
-        preprocessor = base.preprocessor
-        if preprocessor is not None:
-            if stop_token_ids == "auto":
-                stop_token_ids = [preprocessor.tokenizer.end_token_id]
-                if hasattr(preprocessor.tokenizer, "end_token2_id"):
-                    stop_token_ids.append(preprocessor.tokenizer.end_token2_id)
-            raw = preprocessor.generate_preprocess(raw, sequence_length=max_length)
-        prompts = dict(raw)
-        mask = keras.ops.convert_to_numpy(prompts[_prompt_mask_key(prompts)])
-        ids = keras.ops.convert_to_numpy(
-            standardize_feature_ids(
-                feature_ids, self.schema, batch_size=mask.shape[0], owner=owner
-            )
+        return generation.generate(
+            self,
+            inputs,
+            max_length=max_length,
+            stop_token_ids=stop_token_ids,
+            strip_prompt=strip_prompt,
         )
-        if max_length is not None or preprocessor is not None:
-            full = mask.all(axis=-1)
-            if full.any():
-                raise ValueError(
-                    f"Prompt {int(full.argmax())} fills all {mask.shape[-1]} "
-                    "positions of the sequence, leaving none to generate; "
-                    "shorten it or raise `max_length`."
-                )
-        prompts[FEATURE_IDS_KEY] = ids
-        detached = _DetachedPreprocessor(base)
-        with detached:
-            outputs = base.generate(
-                prompts, stop_token_ids=stop_token_ids, strip_prompt=strip_prompt
-            )
-        if preprocessor is not None:
-            outputs = preprocessor.generate_postprocess(outputs)
-            outputs = keras.tree.map_structure(_decode_strings, outputs)
-            if single:
-                outputs = outputs[0]
-        return outputs
 
     def _preprocessed(self, x, y, sample_weight, batch_size):
-        """A batched tf.data pipeline of preprocessed samples.
-
-        Like KerasHub tasks, preprocessing runs in `tf.data` (on every
-        backend), mapped over batches.
-        """
-        import tensorflow as tf
-
-        if isinstance(x, tf.data.Dataset):
-            if y is not None or sample_weight is not None or batch_size is not None:
-                raise ValueError(
-                    "When `x` is a tf.data.Dataset, pass neither `y`, "
-                    "`sample_weight` nor `batch_size`."
-                )
-            dataset = x
-        else:
-            dataset = tf.data.Dataset.from_tensor_slices(
-                keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
-            ).batch(batch_size or 32)
-        return dataset.map(
-            lambda *sample: self.preprocess_samples(*_unpack(sample)),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        ).prefetch(tf.data.AUTOTUNE)
+        return preprocessed_dataset(
+            self.preprocess_samples, x, y, sample_weight, batch_size
+        )
 
     def __getattr__(self, name):
         # torch.nn.Module keeps sublayers out of `__dict__` and finds them here.
@@ -431,9 +243,7 @@ class FLixModel(keras.Model):
         config = super().get_config()
         config.update(
             base_model=keras.saving.serialize_keras_object(self.base_model),
-            schema=self.schema.get_config(),
-            feature_dropout=dict(self.feature_dropout.rate),
-            **self._settings,
+            **self.flix_config.get_config(),
         )
         return config
 
@@ -443,20 +253,14 @@ class FLixModel(keras.Model):
         base_model = keras.saving.deserialize_keras_object(
             config.pop("base_model"), custom_objects=custom_objects
         )
-        schema = FeatureSchema.from_config(config.pop("schema"))
-        targets = resolve_targets(
-            base_model,
-            [re.escape(path) for path in config["target_layers"]],
-            required=True,
-            allow_adapted=True,
+        flix_config = FLixConfig.from_config(
+            {key: config.pop(key) for key in FLixConfig.KEYS if key in config}
         )
-        add_adapters(
+        # The saved paths are exact paths, not patterns.
+        flix_config = inject(
             base_model,
-            targets,
-            schema,
-            rank=config["rank"],
-            alpha=config["alpha"],
-            a_initializer=config["a_initializer"],
-            b_initializer=config["b_initializer"],
+            flix_config.replace(
+                target_layers=[re.escape(path) for path in flix_config.target_layers]
+            ),
         )
-        return cls(base_model, schema, **config)
+        return cls(base_model, flix_config, **config)

@@ -3,7 +3,8 @@
 import keras
 import numpy as np
 
-from keras_flix.src.adapters import flix_layers
+from keras_flix.src.adapters import require_flix_layers
+from keras_flix.src.config import LAYER_KEYS
 from keras_flix.src.layers.flix_adapter import FLixAdapter
 from keras_flix.src.surgery import all_layers
 
@@ -11,7 +12,6 @@ _FLIX_CLASSES = {
     keras.saving.get_registered_name(cls): cls.base_layer_class
     for cls in FLixAdapter.__subclasses__()
 }
-_FLIX_CONFIG_KEYS = ("schema", "rank", "alpha", "a_initializer", "b_initializer")
 
 
 def merge(model, features, as_lora=False):
@@ -56,9 +56,7 @@ def merge(model, features, as_lora=False):
     >>> type(merged.get_layer("proj")).__name__
     'Dense'
     """
-    layers = flix_layers(model)
-    if not layers:
-        raise ValueError(f"Model '{model.name}' holds no FLix layers.")
+    layers = require_flix_layers(model)
     base_model = getattr(model, "base_model", model)
     ids = layers[0].schema.encode_checked(features)
     merged = keras.saving.deserialize_keras_object(
@@ -72,7 +70,7 @@ def merge(model, features, as_lora=False):
         if as_lora:
             _enable_lora(merged_layers[layer.path], layer, ids)
         else:
-            values[layer._kernel.path] = layer.merged_kernel(ids)
+            values[layer.base_kernel.path] = layer.merged_kernel(ids)
     for variable in merged.weights:
         if as_lora and variable.name.startswith("lora_kernel_"):
             continue
@@ -97,7 +95,7 @@ def _without_flix(config):
     layer_config = {
         key: value
         for key, value in config["config"].items()
-        if key not in _FLIX_CONFIG_KEYS
+        if key not in LAYER_KEYS
     }
     base = keras.saving.serialize_keras_object(base_class.from_config(layer_config))
     # Keep what the enclosing config added (a Functional's "name" and
@@ -121,7 +119,7 @@ def _enable_lora(target, layer, ids):
     a, b = _keras_lora_factors(
         np.concatenate(parts_a, axis=1),
         np.concatenate(parts_b, axis=0),
-        tuple(layer._kernel.shape),
+        tuple(layer.base_kernel.shape),
         *layer.kernel_axes,
     )
     target.enable_lora(a.shape[-1])

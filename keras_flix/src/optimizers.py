@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_flix.src import backend
+from keras_flix.src import keras_private
 from keras_flix.src.layers.flix_adapter import is_adapter_table
 
 
@@ -157,13 +159,13 @@ class LazyAdam(keras.optimizers.Adam):
         # Tables decay lazily, in `update_step`, only where they are used.
         variables = [
             v for v in variables
-            if not self._lazy_tables[self._get_variable_index(v)]
+            if not self._lazy_tables[keras_private.variable_index(self, v)]
         ]
         if variables:
             super()._apply_weight_decay(variables)
 
     def update_step(self, gradient, variable, learning_rate):
-        index = self._get_variable_index(variable)
+        index = keras_private.variable_index(self, variable)
         if not self._lazy_tables[index]:
             return super().update_step(gradient, variable, learning_rate)
         dtype = variable.dtype
@@ -175,8 +177,7 @@ class LazyAdam(keras.optimizers.Adam):
         decay = None
         if self.weight_decay is not None:
             decay = lr * ops.cast(self.weight_decay, dtype)
-        m_variable = self._momentums[index]
-        v_variable = self._velocities[index]
+        m_variable, v_variable = keras_private.adam_moments(self, index)
         p, m, v = (
             ops.convert_to_tensor(t) for t in (variable, m_variable, v_variable)
         )
@@ -191,7 +192,7 @@ class LazyAdam(keras.optimizers.Adam):
             v = v + (ops.square(g) - v) * (1 - self.beta_2)
             return p - m * alpha / (ops.sqrt(v) + self.epsilon), m, v
 
-        sparse = _row_sparse_parts(gradient)
+        sparse = backend.row_sparse_parts(gradient)
         if sparse is not None:
             # A row-sparse gradient: the rows it names, repeats included, and
             # their values. It is never made dense; each round sums the
@@ -275,20 +276,3 @@ def _nonzero_rows(x):
     # count, so they reach the weights as they would with Adam.
     return ops.not_equal(ops.sum(ops.abs(x), axis=tuple(range(1, len(x.shape)))), 0)
 
-
-def _row_sparse_parts(gradient):
-    """`(row indices, row values)` of a row-sparse gradient, else `None`.
-
-    TensorFlow's `IndexedSlices` (the gradient of a gather), and the jax
-    `BCOO` and torch sparse COO tensors with one sparse (row) dimension that
-    `FLixModel`'s jax and torch training steps make.
-    """
-    kind = type(gradient).__name__
-    if getattr(gradient, "is_sparse", False) is True:  # torch sparse COO
-        gradient = gradient.coalesce()
-        return gradient.indices()[0], gradient.values()
-    if kind == "IndexedSlices":
-        return gradient.indices, gradient.values
-    if kind == "BCOO" and gradient.n_sparse == 1 and gradient.n_batch == 0:
-        return gradient.indices[:, 0], gradient.data
-    return None

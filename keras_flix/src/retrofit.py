@@ -5,32 +5,15 @@ import tempfile
 
 import keras
 
-from keras_flix.src.adapters import add_adapters
+from keras_flix.src.adapters import check_train_also
 from keras_flix.src.adapters import flix_layers
-from keras_flix.src.adapters import match_layers
-from keras_flix.src.adapters import resolve_targets
+from keras_flix.src.adapters import inject
+from keras_flix.src.adapters import target_layers_of
+from keras_flix.src.config import FLixConfig
 from keras_flix.src.flix_model import FLixModel
-from keras_flix.src.hub import Backbone
-from keras_flix.src.hub import Task
-from keras_flix.src.layers.feature_dropout import FeatureDropout
-from keras_flix.src.layers.flix_adapter import per_type
-from keras_flix.src.schema import FeatureSchema
 
 
-def retrofit(
-    model,
-    schema,
-    rank=8,
-    alpha=None,
-    target_layers=None,
-    feature_dropout=0.0,
-    train_also=(),
-    *,
-    copy=False,
-    seed=None,
-    a_initializer="he_uniform",
-    b_initializer="zeros",
-):
+def retrofit(model, schema, *, copy=False, **settings):
     """Adds FLix adapters to a model's projections.
 
     Every target `Dense` / `EinsumDense` layer is replaced by a `FLixDense` /
@@ -50,22 +33,21 @@ def retrofit(
             `TextClassifier`, `CausalLM`), or any built Keras model with
             `Dense` / `EinsumDense` layers.
         schema: the `keras_flix.FeatureSchema`.
-        rank: adapter rank, an int or a dict from feature type to int.
-        alpha: scale numerator (`None`: equal to the rank), a number or a
-            dict from feature type to number. The scale is `alpha / rank`.
-        target_layers: names, paths or regular expressions (full match) of the
-            layers to adapt. Default: the backbone's
-            `default_lora_layer_names()` (query and value projections).
-            Each given pattern must match a layer.
-        feature_dropout: probability of dropping each feature of each
-            example in training, a float or a dict from feature type to
-            float.
-        train_also: names, paths or regexes of further layers to keep
-            trainable (e.g. a task head); everything else is frozen.
         copy: adapt a copy instead of `model` itself.
-        seed: seed of the feature dropout.
-        a_initializer: initializer of each value's `A` matrix.
-        b_initializer: initializer of each value's `B` matrix.
+        **settings: the FLix settings, as for `keras_flix.FLixConfig`:
+            `rank` (default 8, an int or a dict from feature type to int),
+            `alpha` (scale numerator; default `None`, equal to the rank),
+            `target_layers` (names, paths or regular expressions of the
+            layers to adapt; default: the backbone's
+            `default_lora_layer_names()`, the query and value projections;
+            each given pattern must match a layer), `feature_dropout`
+            (default 0.0), `train_also` (layers kept trainable besides the
+            adapters, e.g. a task head; everything else is frozen), `seed`
+            (of the feature dropout), `a_initializer`, `b_initializer` and
+            `compute_path` (`"auto"`, `"gather"` or `"one_hot"`).
+
+    The settings are checked, as a `keras_flix.FLixConfig`, before the
+    model is touched; the FLix model keeps that config (`flix_config`).
 
     Returns:
         A `keras_flix.FLixModel`. Its inputs are the model's inputs plus
@@ -101,11 +83,6 @@ def retrofit(
         raise TypeError(
             f"`model` must be a Keras model. Received: {type(model).__name__}"
         )
-    if not isinstance(schema, FeatureSchema):
-        raise TypeError(
-            "`schema` must be a keras_flix.FeatureSchema. Received: "
-            f"{type(schema).__name__}"
-        )
     if not model.built:
         raise ValueError(
             f"Model '{model.name}' is not built; call it once or build it "
@@ -118,63 +95,14 @@ def retrofit(
             "the FLix model returned the first time."
         )
     # Check every setting before the model is touched.
-    per_type(rank, schema, "rank", int)
-    per_type(rank if alpha is None else alpha, schema, "alpha", float)
-    FeatureDropout(schema, feature_dropout)
-    if train_also:
-        for pattern, layers in match_layers(model, train_also, "train_also").items():
-            if not layers:
-                raise ValueError(
-                    f"`train_also` pattern {pattern!r} matches no layer of "
-                    f"'{model.name}'."
-                )
-    if target_layers is None:
-        target_layers = _default_target_layers(model)
-        required = False
-    else:
-        required = True
-    targets = resolve_targets(model, target_layers, required=required)
-
+    config = FLixConfig(schema, **settings)
+    check_train_also(model, config.train_also)
+    target_layers_of(model, config)
     if copy:
+        # Same structure, same layer paths: the patterns match the same layers.
         model = _copy_model(model)
-        targets = resolve_targets(
-            model, [layer.path for layer in targets], required=True
-        )
-    adapted = add_adapters(
-        model,
-        targets,
-        schema,
-        rank=rank,
-        alpha=alpha,
-        a_initializer=a_initializer,
-        b_initializer=b_initializer,
-    )
-    return FLixModel(
-        model,
-        schema,
-        rank=rank,
-        alpha=alpha,
-        target_layers=[layer.path for layer in adapted],
-        feature_dropout=feature_dropout,
-        train_also=train_also,
-        seed=seed,
-        a_initializer=a_initializer,
-        b_initializer=b_initializer,
-        name=f"flix_{model.name}",
-    )
-
-
-def _default_target_layers(model):
-    backbone = model if isinstance(model, Backbone) else None
-    if isinstance(model, Task):
-        backbone = model.backbone
-    if backbone is None:
-        raise ValueError(
-            f"Model '{model.name}' is not a KerasHub Backbone or Task, so it "
-            "has no default target layers; pass `target_layers` (layer "
-            "names, paths or regular expressions)."
-        )
-    return backbone.default_lora_layer_names()
+    config = inject(model, config)
+    return FLixModel(model, config, name=f"flix_{model.name}")
 
 
 def _copy_model(model):

@@ -2,18 +2,16 @@
 
 import numpy as np
 
-from keras_flix.src.feature_ids import standardize_feature_ids
-from keras_flix.src.layers.flix_adapter import adapter_rows
-from keras_flix.src.layers.gathered_rows import GatheredRows
+from keras_flix.src.inputs import standardize_feature_ids
+from keras_flix.src.layers.selection import adapter_rows
 
 
-def used_rows(model, x, feature_ids_of, unique):
+def used_rows(model, feature_ids, unique):
     """The rows of each feature type's tables that a batch uses.
 
     Args:
         model: the `FLixModel`.
-        x: the batch's inputs.
-        feature_ids_of: a function from `x` to the batch's feature ids.
+        feature_ids: the batch's feature ids.
         unique: the backend's function from `[batch]` rows to `(distinct
             rows, each example's index into them)`.
 
@@ -23,29 +21,12 @@ def used_rows(model, x, feature_ids_of, unique):
         out-of-range ids), `slots` its index into the distinct rows.
     """
     schema = model.schema
-    feature_ids = standardize_feature_ids(feature_ids_of(x), schema)
+    feature_ids = standardize_feature_ids(feature_ids, schema)
     num_values = np.array([schema.num_values[t] for t in schema.feature_types])
     rows = adapter_rows(feature_ids, num_values)[0]
     return {
         feature_type: (*unique(rows[:, column]), rows[:, column])
         for column, feature_type in enumerate(schema.feature_types)
-    }
-
-
-def gathered_rows_by_table(variables, tables, values, used):
-    """The mapping a `gathered_rows_scope` takes.
-
-    Args:
-        variables: the model's trainable variables.
-        tables: `adapter_tables(model)`.
-        values: dict index -> the gathered rows of that table.
-        used: `used_rows(...)`.
-    """
-    return {
-        id(variables[index]): GatheredRows(
-            values[index], used[feature_type][1], used[feature_type][2]
-        )
-        for index, feature_type in tables.items()
     }
 
 

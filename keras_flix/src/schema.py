@@ -8,15 +8,15 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-ABSENT = -1
-"""The feature id that marks a feature as absent for an example."""
+from keras_flix.src.inputs import ABSENT
+from keras_flix.src.inputs import FEATURE_IDS_KEY
 
 UNKNOWN_POLICIES = ("error", "absent")
 
 # Feature type names become variable names, SavedModel argument names and JSON
 # keys, so they are restricted to identifiers.
 _FEATURE_TYPE_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
-RESERVED_NAMES = ("feature_ids",)
+RESERVED_NAMES = (FEATURE_IDS_KEY,)
 
 
 @keras.saving.register_keras_serializable(package="keras_flix")

@@ -2,7 +2,7 @@
 
 import math
 
-from keras_flix.src.adapters import flix_layers
+from keras_flix.src.adapters import require_flix_layers
 
 
 def summary(model, print_fn=print):
@@ -30,9 +30,7 @@ def summary(model, print_fn=print):
     >>> kf.summary(model, print_fn=None)["per_feature_type"]
     {'language': 48}
     """
-    layers = flix_layers(model)
-    if not layers:
-        raise ValueError(f"Model '{model.name}' holds no FLix layers.")
+    layers = require_flix_layers(model)
     per_layer = {}
     per_type = {}
     for layer in layers:

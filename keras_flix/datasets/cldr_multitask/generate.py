@@ -11,8 +11,10 @@ Usage:
     python -m keras_flix.datasets.cldr_multitask.generate          # rewrite
     python -m keras_flix.datasets.cldr_multitask.generate --check  # verify
 
-The module uses only the standard library and does not import the package it
-lives in, so it can also be run as a plain script.
+Besides the standard library, the module imports only the dataset's own
+constants (`DATASET_VERSION`, `LANGUAGES`, `TASKS`, `UNSEEN_LANGUAGES`) from
+`keras_flix.datasets.cldr_multitask`, so the generator and the loader share
+one definition of them; run it with `python -m` where keras-flix is installed.
 """
 
 from __future__ import annotations

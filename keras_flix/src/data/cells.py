@@ -5,7 +5,7 @@ import itertools
 from keras_flix.src.data.elements import feature_ids_of
 from keras_flix.src.data.elements import feature_ids_spec
 from keras_flix.src.data.elements import is_tuple_element
-from keras_flix.src.schema import ABSENT
+from keras_flix.src.inputs import ABSENT
 
 ABSENT_VALUE = "<absent>"
 """How counts and cells name an absent feature."""

@@ -10,6 +10,7 @@ from keras_flix.src.data.cells import value_name
 from keras_flix.src.data.elements import feature_ids_of
 from keras_flix.src.data.elements import feature_ids_spec
 from keras_flix.src.data.elements import map_elements
+from keras_flix.src.inputs import ABSENT
 
 # Ids are read back in chunks of this many examples.
 _CHUNK = 4096
@@ -125,7 +126,7 @@ def count_cells(
     for code in np.flatnonzero(counts):
         digits = np.unravel_index(code, shape)
         cell = tuple(
-            value_name(schema, t, -1 if d == radix - 1 else int(d))
+            value_name(schema, t, ABSENT if d == radix - 1 else int(d))
             for t, d, radix in zip(types, digits, shape)
         )
         result[cell[0] if single else cell] = _scaled(

@@ -7,7 +7,7 @@ a `"feature_ids"` entry, alone or as the `x` of an `(x,)`, `(x, y)` or
 
 from collections.abc import Mapping
 
-from keras_flix.src.flix_model import FEATURE_IDS_KEY
+from keras_flix.src.inputs import FEATURE_IDS_KEY
 
 
 def check_dataset(dataset, owner):

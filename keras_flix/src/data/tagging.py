@@ -7,14 +7,14 @@ from keras_flix.src.data.elements import inputs_of
 from keras_flix.src.data.elements import is_tuple_element
 from keras_flix.src.data.elements import map_elements
 from keras_flix.src.data.elements import with_inputs
-from keras_flix.src.flix_model import FEATURE_IDS_KEY
-from keras_flix.src.flix_model import join_feature_ids
-from keras_flix.src.schema import ABSENT
+from keras_flix.src.inputs import ABSENT
+from keras_flix.src.inputs import FEATURE_IDS_KEY
+from keras_flix.src.inputs import join_feature_ids
 from keras_flix.src.schema import FeatureSchema
 
-# What a lookup returns for a value the schema does not know, under
-# `unknown="error"`: below ABSENT, so that one comparison finds it.
-_UNKNOWN = ABSENT - 1
+UNKNOWN = ABSENT - 1
+"""What a lookup table returns for a value the schema does not know, under
+`unknown="error"`: below `ABSENT`, so that one comparison finds it."""
 
 
 def tag(dataset, schema, /, from_keys=None, keep_keys=False, **features):
@@ -153,7 +153,7 @@ class Tagger:
         self.from_keys = _check_from_keys(from_keys, schema, features, owner)
         self.constant_ids = _constant_ids(features, schema, owner)
         self.drop = () if keep_keys else set(self.from_keys.values())
-        self._lookups = _lookups(schema, self.from_keys)
+        self._lookups = lookup_tables(schema, self.from_keys)
 
     def check_inputs(self, x_spec):
         """Checks the fields that `from_keys` reads in the inputs' spec.
@@ -324,13 +324,24 @@ def _check_fields(x_spec, from_keys, owner):
     return set(ranks.values()) == {1}
 
 
-def _lookups(schema, from_keys):
-    """A string -> id table per feature type read from a field."""
+def lookup_tables(schema, feature_types):
+    """A string -> id `tf.lookup.StaticHashTable` per feature type.
+
+    The empty string maps to `ABSENT`; a value the schema does not know maps
+    to `ABSENT` under `unknown="absent"`, to `UNKNOWN` under `"error"`.
+
+    Args:
+        schema: the `FeatureSchema`.
+        feature_types: the feature types to build tables for.
+
+    Returns:
+        A dict from feature type to its table.
+    """
     import tensorflow as tf
 
-    default = ABSENT if schema.unknown == "absent" else _UNKNOWN
+    default = ABSENT if schema.unknown == "absent" else UNKNOWN
     tables = {}
-    for feature_type in from_keys:
+    for feature_type in feature_types:
         values = list(schema.values(feature_type))
         # "" cannot be a value: it marks the feature absent.
         keys = tf.constant(values + [""], tf.string)

@@ -22,7 +22,6 @@ class AdapterEquations:
     """The einsums of an adapter for one base equation and input rank.
 
     Attributes:
-        base: the base equation with any ellipsis spelled out.
         down: `inputs, A_selected -> low-rank activations`, where
             `A_selected` has shape `[batch, *contracted_dims, rank]`.
         up: `low-rank activations, B_selected -> outputs`, where `B_selected`
@@ -31,15 +30,12 @@ class AdapterEquations:
             order (their sizes multiply to `d_in`).
         output_axes: kernel axes that reach the output, in kernel order
             (their sizes multiply to `d_out`).
-        activation_rank: rank of the low-rank activations tensor.
     """
 
-    base: str
     down: str
     up: str
     contracted_axes: tuple
     output_axes: tuple
-    activation_rank: int
 
 
 def adapter_equations(equation, input_rank):
@@ -104,12 +100,10 @@ def adapter_equations(equation, input_rank):
     down = f"{inputs},{batch}{contracted}{rank}->{activations}{rank}"
     up = f"{activations}{rank},{batch}{rank}{kernel_outputs}->{output}"
     return AdapterEquations(
-        base=f"{inputs},{kernel}->{output}",
         down=down,
         up=up,
         contracted_axes=tuple(kernel.index(c) for c in contracted),
         output_axes=tuple(kernel.index(c) for c in kernel_outputs),
-        activation_rank=len(activations) + 1,
     )
 
 

@@ -3,7 +3,8 @@
 import keras
 from keras import ops
 
-from keras_flix.src.schema import ABSENT
+from keras_flix.src.config import dropout_rates
+from keras_flix.src.inputs import ABSENT
 from keras_flix.src.schema import FeatureSchema
 
 
@@ -43,29 +44,7 @@ class FeatureDropout(keras.layers.Layer):
         if isinstance(schema, dict):
             schema = FeatureSchema.from_config(schema)
         self.schema = schema
-        rates = (
-            rate if isinstance(rate, dict) else dict.fromkeys(schema.feature_types, rate)
-        )
-        unknown = sorted(set(rates) - set(schema.feature_types))
-        if unknown:
-            raise ValueError(
-                f"`feature_dropout` names unknown feature types {unknown}; the "
-                f"schema's types are {schema.feature_types}."
-            )
-        self.rate = {}
-        for feature_type in schema.feature_types:
-            value = rates.get(feature_type, 0.0)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(
-                    f"Feature dropout rate for '{feature_type}' must be a float "
-                    f"in [0, 1). Received: {value!r}"
-                )
-            if not 0.0 <= value < 1.0:
-                raise ValueError(
-                    f"Feature dropout rate for '{feature_type}' must be in "
-                    f"[0, 1). Received: {value}"
-                )
-            self.rate[feature_type] = float(value)
+        self.rate = dropout_rates(rate, schema)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.built = True

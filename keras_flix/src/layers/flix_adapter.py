@@ -1,103 +1,28 @@
 """The per-feature low-rank adapters shared by `FLixDense` and `FLixEinsumDense`."""
 
 import contextlib
-import functools
 import math
 
 import keras
 import numpy as np
 from keras import ops
 
+from keras_flix.src import keras_private
+from keras_flix.src.config import per_type
 from keras_flix.src.distribution import register_adapter_layouts
-from keras_flix.src.feature_ids import standardize_feature_ids
-from keras_flix.src.feature_scope import ALL_ABSENT
+from keras_flix.src.inputs import ABSENT
+from keras_flix.src.inputs import is_all_absent
+from keras_flix.src.inputs import standardize_feature_ids
 from keras_flix.src.feature_scope import current_feature_ids
 from keras_flix.src.feature_scope import feature_scope
 from keras_flix.src.layers.gathered_rows import gathered_rows_of
+from keras_flix.src.layers.initializers import AdapterAInitializer
+from keras_flix.src.layers.selection import adapter_rows
+from keras_flix.src.layers.selection import check_compute_path
+from keras_flix.src.layers.selection import positions_per_example
+from keras_flix.src.layers.selection import resolve_compute_path
+from keras_flix.src.layers.selection import select_rows
 from keras_flix.src.schema import FeatureSchema
-
-COMPUTE_PATHS = ("auto", "gather", "one_hot")
-"""How a FLix layer selects each example's adapters from its tables.
-
-* `"gather"`: `take` of each example's row. Work per example does not
-  depend on the number of values; the gradient with respect to a table is
-  a scatter-add of the rows the batch used.
-* `"one_hot"`: the sum of every row weighted by the example's one-hot ids,
-  written as an elementwise product and a sum (not a matmul, whose
-  precision some platforms lower), so it selects exactly the same numbers
-  as `"gather"` for finite weights. Its work grows with the number of
-  values, but neither direction needs a gather or a scatter, which XLA on
-  TPU runs slowly.
-* `"auto"`: `"one_hot"` on TPU for the feature types whose one-hot
-  selection costs no more than the adapter's own products (see
-  `resolve_compute_path`), `"gather"` everywhere else.
-"""
-
-
-def per_type(value, schema, name, kind):
-    """Expands an int/float or a per-feature-type dict to a full dict.
-
-    Args:
-        value: one value for every feature type, or a dict from feature type
-            to value that names every type of `schema`.
-        schema: the `FeatureSchema`.
-        name: the argument's name, for error messages.
-        kind: `int` or `float`: what each value must be (positive).
-
-    Returns:
-        A dict from every feature type to its value.
-    """
-    if isinstance(value, dict):
-        unknown = sorted(set(value) - set(schema.feature_types))
-        missing = [t for t in schema.feature_types if t not in value]
-        if unknown or missing:
-            raise ValueError(
-                f"`{name}` as a dict must name each feature type of the schema "
-                f"{schema.feature_types} exactly once. Unknown: {unknown}; "
-                f"missing: {missing}."
-            )
-        values = {t: value[t] for t in schema.feature_types}
-    else:
-        values = {t: value for t in schema.feature_types}
-    for feature_type, v in values.items():
-        ok_type = isinstance(v, int) if kind is int else isinstance(v, (int, float))
-        if isinstance(v, bool) or not ok_type or not v > 0:
-            raise ValueError(
-                f"`{name}` for feature type '{feature_type}' must be a "
-                f"positive {kind.__name__}. Received: {v!r}"
-            )
-    return values
-
-
-@keras.saving.register_keras_serializable(package="keras_flix")
-class AdapterAInitializer(keras.initializers.Initializer):
-    """Initializes `[n_values, d_in, rank]` as `n_values` LoRA `A` matrices.
-
-    Keras' fan-based initializers read a 3-D shape as a convolution kernel;
-    this one draws from `base` as if for one `[d_in, n_values * rank]` matrix,
-    so each value's `A` gets the fan-in (`d_in`) a single LoRA `A` would.
-
-    Args:
-        base: the initializer of a single `[d_in, rank]` LoRA `A` matrix.
-    """
-
-    def __init__(self, base="he_uniform"):
-        self.base = keras.initializers.get(base)
-
-    def __call__(self, shape, dtype=None):
-        num_values, d_in, rank = shape
-        matrix = self.base(shape=(d_in, num_values * rank), dtype=dtype)
-        return ops.transpose(
-            ops.reshape(matrix, (d_in, num_values, rank)), (1, 0, 2)
-        )
-
-    def get_config(self):
-        return {"base": keras.initializers.serialize(self.base)}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(base=keras.initializers.deserialize(config["base"]))
-
 
 class FLixAdapter:
     """Mixin adding per-feature low-rank updates to a `Dense`-like layer.
@@ -181,8 +106,10 @@ class FLixAdapter:
         )
         flix = cls.from_config(config)
         # Not Keras-tracked state: consumed and removed by `build`.
-        object.__setattr__(flix, "_adopted_base", (layer._kernel, layer.bias))
-        flix._remat_mode = layer._remat_mode
+        object.__setattr__(
+            flix, "_adopted_base", (keras_private.kernel(layer), layer.bias)
+        )
+        keras_private.set_remat_mode(flix, keras_private.remat_mode(layer))
         parent_path = layer.path.rpartition("/")[0]
         with contextlib.ExitStack() as scopes:
             for part in filter(None, parent_path.split("/")):
@@ -199,7 +126,8 @@ class FLixAdapter:
         adopted = self.__dict__.pop("_adopted_base", None)
         if adopted is None:
             return False
-        self._kernel, self.bias = adopted
+        kernel, self.bias = adopted
+        keras_private.set_kernel(self, kernel)
         return True
 
     def _init_adapter(
@@ -225,17 +153,12 @@ class FLixAdapter:
 
     @property
     def compute_path(self):
-        """How each example's adapters are selected: see `COMPUTE_PATHS`."""
+        """How each example's adapters are selected: see `selection.COMPUTE_PATHS`."""
         return self._compute_path
 
     @compute_path.setter
     def compute_path(self, value):
-        if value not in COMPUTE_PATHS:
-            raise ValueError(
-                f"`compute_path` must be one of {COMPUTE_PATHS}. Received: "
-                f"{value!r}"
-            )
-        self._compute_path = value
+        self._compute_path = check_compute_path(value)
 
     @property
     def scales(self):
@@ -252,7 +175,7 @@ class FLixAdapter:
         ]
 
     def _base_variables(self):
-        return [v for v in (self._kernel, self.bias) if v is not None]
+        return [v for v in (self.base_kernel, self.bias) if v is not None]
 
     def _freeze_base(self):
         for variable in self._base_variables():
@@ -312,9 +235,9 @@ class FLixAdapter:
                 "model returned by `keras_flix.retrofit` with a "
                 "'feature_ids' input."
             )
-        if isinstance(feature_ids, str) and feature_ids == ALL_ABSENT:
+        if is_all_absent(feature_ids):
             feature_ids = ops.full(
-                (ops.shape(inputs)[0], len(self.schema.feature_types)), -1, "int32"
+                (ops.shape(inputs)[0], len(self.schema.feature_types)), ABSENT, "int32"
             )
         if isinstance(feature_ids, keras.KerasTensor):
             # A symbolic input: wire the ids into the Functional graph.
@@ -333,19 +256,42 @@ class FLixAdapter:
         with feature_scope(feature_ids):
             return super().__call__(inputs, *args, **kwargs)
 
-    def _selected_feature_ids(self, feature_ids):
-        return current_feature_ids() if feature_ids is None else feature_ids
+    def call(self, inputs, feature_ids=None, training=None):
+        x = ops.add(
+            self._base_product(inputs),
+            self._adapter_delta(inputs, feature_ids, self._adapter_equations(inputs)),
+        )
+        if self.bias is not None:
+            x = ops.add(x, self.bias)
+        if self.activation is not None:
+            x = self.activation(x)
+        return x
 
-    def _adapter_delta(self, inputs, feature_ids, equations, kernel_shape):
+    def _base_product(self, inputs):
+        """The base layer's product of `inputs` and the frozen kernel."""
+        raise NotImplementedError
+
+    def _adapter_equations(self, inputs):
+        """The `AdapterEquations` of the base product for these inputs."""
+        raise NotImplementedError
+
+    @property
+    def base_kernel(self):
+        """The frozen kernel variable of the base layer."""
+        return keras_private.kernel(self)
+
+    def _adapter_delta(self, inputs, feature_ids, equations):
         """The summed low-rank updates of each example's active features."""
-        feature_ids = self._selected_feature_ids(feature_ids)
+        if feature_ids is None:
+            feature_ids = current_feature_ids()
+        kernel_shape = self.base_kernel.shape
         types = self.schema.feature_types
         # All types at once, with NumPy constants: eager backends pay per op.
         num_values = np.array([self.schema.num_values[t] for t in types], "int32")
         scales = np.array([self.scales[t] for t in types], "float32")
         rows, present, valid = adapter_rows(feature_ids, num_values)
         gate = ops.where(valid, ops.where(present, scales, 0.0), math.nan)
-        positions = _positions_per_example(inputs, equations)
+        positions = positions_per_example(inputs, equations)
         a_parts, b_parts = [], []
         for column, feature_type in enumerate(types):
             type_rows = rows[:, column]
@@ -402,12 +348,12 @@ class FLixAdapter:
         """
         ids = self.schema.encode_checked(feature_ids)
         contracted_axes, output_axes = self.kernel_axes
-        kernel_shape = tuple(self._kernel.shape)
+        kernel_shape = tuple(self.base_kernel.shape)
         permuted_shape = [kernel_shape[a] for a in contracted_axes + output_axes]
         inverse = [0] * len(kernel_shape)
         for position, axis in enumerate(contracted_axes + output_axes):
             inverse[axis] = position
-        kernel = ops.convert_to_tensor(self._kernel)
+        kernel = ops.convert_to_tensor(self.base_kernel)
         for feature_type, value in zip(self.schema.feature_types, ids):
             if value < 0:
                 continue
@@ -464,7 +410,11 @@ class FLixAdapter:
         for key, variable in expected.items():
             variable.assign(store[key])
 
-    def _adapter_config(self):
+    def get_config(self):
+        return {**super().get_config(), **self.adapter_config()}
+
+    def adapter_config(self):
+        """The layer's FLix settings (`config.LAYER_KEYS`), serializable."""
         config = {
             "schema": self.schema.get_config(),
             "rank": dict(self.rank),
@@ -479,101 +429,9 @@ class FLixAdapter:
         return config
 
 
-def resolve_compute_path(compute_path, num_values, positions):
-    """The path (`"gather"` or `"one_hot"`) a feature type's selection takes.
-
-    For `"auto"`: selecting by one-hot ids costs `num_values` multiply-adds
-    per adapter weight and example, the adapter's own two products cost
-    `positions` (the activations per example, e.g. the sequence length) per
-    weight and example. On CPU and GPU a gather and its scatter-add gradient
-    are cheap, so `"gather"` always wins there; on TPU gathers and scatters
-    are slow and `"one_hot"` is chosen when it costs no more than the
-    adapter itself (`num_values <= positions`), which bounds its overhead by
-    that of the adapter.
-
-    Args:
-        compute_path: the layer's `compute_path` setting.
-        num_values: the feature type's number of values.
-        positions: activations per example, or `None` when not static.
-
-    Returns:
-        `"gather"` or `"one_hot"`.
-    """
-    if compute_path != "auto":
-        return compute_path
-    if positions is not None and num_values <= positions and _on_tpu():
-        return "one_hot"
-    return "gather"
-
-
-def adapter_rows(feature_ids, num_values):
-    """Each example's table row per feature type, and which ids are usable.
-
-    Args:
-        feature_ids: int32 `[batch, n_types]`, -1 = absent.
-        num_values: int32 `[n_types]`, the number of values of each type.
-
-    Returns:
-        `(rows, present, valid)`, each `[batch, n_types]`: the row to select
-        (0 where the id is absent or out of range, which the layer then
-        scales by 0 or NaN), whether the id names a value (>= 0), and whether
-        it is in range (-1 included).
-    """
-    present = ops.greater_equal(feature_ids, 0)
-    valid = ops.logical_and(
-        ops.greater_equal(feature_ids, -1), ops.less(feature_ids, num_values)
-    )
-    rows = ops.where(ops.logical_and(present, valid), feature_ids, 0)
-    return rows, present, valid
-
-
-def select_rows(table, rows, compute_path):
-    """Each example's row of `table`: `[n_values, ...]` -> `[batch, ...]`.
-
-    Args:
-        table: an adapter table, `[n_values, ...]`.
-        rows: int32 `[batch]` row indices, each in `[0, n_values)`.
-        compute_path: `"gather"` or `"one_hot"` (bit-identical results for
-            finite `table`).
-
-    Returns:
-        `table[rows]`.
-    """
-    if compute_path == "gather":
-        return ops.take(table, rows, axis=0)
-    num_values = table.shape[0]
-    one_hot = ops.one_hot(rows, num_values, dtype=table.dtype)
-    one_hot = ops.reshape(one_hot, (-1, num_values) + (1,) * (len(table.shape) - 1))
-    # Adding exact zeros to the one selected row changes no bit of it.
-    return ops.sum(ops.multiply(one_hot, ops.expand_dims(table, 0)), axis=1)
-
-
 def is_adapter_table(variable):
     """Whether `variable` is a FLix adapter table (`[n_values, ...]` rows)."""
     return getattr(variable, "_flix_adapter_table", False)
-
-
-def _positions_per_example(inputs, equations):
-    """The static number of low-rank activations per example, or `None`."""
-    input_term, rest = equations.down.split(",")
-    activations = rest.split("->")[1][:-1]
-    positions = 1
-    for letter in activations[1:]:
-        size = inputs.shape[input_term.index(letter)]
-        if size is None:
-            return None
-        positions *= size
-    return positions
-
-
-@functools.lru_cache(maxsize=None)
-def _on_tpu():
-    try:
-        devices = keras.distribution.list_devices()
-    except (AttributeError, NotImplementedError):
-        # A backend without Keras' distribution API (torch) has no TPU.
-        return False
-    return any(device.lower().startswith("tpu") for device in devices)
 
 
 def _concat(parts, axis):

@@ -38,7 +38,7 @@ class FLixDense(FLixAdapter, keras.layers.Dense):
         compute_path: how each example's adapters are selected: `"gather"`,
             `"one_hot"` (same results; no gather or scatter, work grows with
             the number of values) or `"auto"` (picks per feature type; see
-            `keras_flix.src.layers.flix_adapter.COMPUTE_PATHS`).
+            `keras_flix.src.layers.selection.COMPUTE_PATHS`).
         **kwargs: every other argument of `keras.layers.Dense` (activation,
             use_bias, initializers, regularizers, constraints, name, dtype,
             ...), except `lora_rank` and `quantization_config`.
@@ -83,32 +83,22 @@ class FLixDense(FLixAdapter, keras.layers.Dense):
     def build(self, input_shape):
         if self._adopt_base():
             self.input_spec = keras.InputSpec(
-                min_ndim=2, axes={-1: self._kernel.shape[0]}
+                min_ndim=2, axes={-1: self.base_kernel.shape[0]}
             )
         else:
             super().build(input_shape)
-        self._build_adapters(self._kernel.shape[0], self.units)
+        self._build_adapters(self.base_kernel.shape[0], self.units)
 
     @property
     def kernel_axes(self):
         """`(contracted_axes, output_axes)` of the kernel: `((0,), (1,))`."""
         return (0,), (1,)
 
-    def call(self, inputs, feature_ids=None, training=None):
-        x = ops.matmul(inputs, self.kernel)
-        equations = _dense_adapter_equations(len(inputs.shape))
-        x = ops.add(
-            x,
-            self._adapter_delta(inputs, feature_ids, equations, self._kernel.shape),
-        )
-        if self.bias is not None:
-            x = ops.add(x, self.bias)
-        if self.activation is not None:
-            x = self.activation(x)
-        return x
+    def _base_product(self, inputs):
+        return ops.matmul(inputs, self.kernel)
 
-    def get_config(self):
-        return {**super().get_config(), **self._adapter_config()}
+    def _adapter_equations(self, inputs):
+        return _dense_adapter_equations(len(inputs.shape))
 
 
 @functools.lru_cache(maxsize=None)

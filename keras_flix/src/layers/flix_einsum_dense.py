@@ -41,7 +41,7 @@ class FLixEinsumDense(FLixAdapter, keras.layers.EinsumDense):
         compute_path: how each example's adapters are selected: `"gather"`,
             `"one_hot"` (same results; no gather or scatter, work grows with
             the number of values) or `"auto"` (picks per feature type; see
-            `keras_flix.src.layers.flix_adapter.COMPUTE_PATHS`).
+            `keras_flix.src.layers.selection.COMPUTE_PATHS`).
         **kwargs: every other argument of `keras.layers.EinsumDense`, except
             `lora_rank` and `quantization_config`.
 
@@ -90,7 +90,7 @@ class FLixEinsumDense(FLixAdapter, keras.layers.EinsumDense):
             self.input_spec = keras.InputSpec(ndim=len(input_shape))
         else:
             super().build(input_shape)
-        kernel_shape = self._kernel.shape
+        kernel_shape = self.base_kernel.shape
         self._build_adapters(
             math.prod(kernel_shape[a] for a in self._equations.contracted_axes),
             math.prod(kernel_shape[a] for a in self._equations.output_axes),
@@ -101,19 +101,8 @@ class FLixEinsumDense(FLixAdapter, keras.layers.EinsumDense):
         """`(contracted_axes, output_axes)`: kernel axes flattened to d_in / d_out."""
         return self._equations.contracted_axes, self._equations.output_axes
 
-    def call(self, inputs, feature_ids=None, training=None):
-        x = ops.einsum(self.equation, inputs, self.kernel)
-        x = ops.add(
-            x,
-            self._adapter_delta(
-                inputs, feature_ids, self._equations, self._kernel.shape
-            ),
-        )
-        if self.bias is not None:
-            x = ops.add(x, self.bias)
-        if self.activation is not None:
-            x = self.activation(x)
-        return x
+    def _base_product(self, inputs):
+        return ops.einsum(self.equation, inputs, self.kernel)
 
-    def get_config(self):
-        return {**super().get_config(), **self._adapter_config()}
+    def _adapter_equations(self, inputs):
+        return self._equations

@@ -3,9 +3,9 @@
 A FLix layer normally selects each example's adapter from its tables with a
 gather, so the gradient with respect to a table is a dense tensor of the
 table's shape (zeros, plus the rows the batch used). A training step that
-wants gradients with respect to the used rows only (see
-`keras_flix.src.jax_row_sparse_step` and `torch_row_sparse_step`) gathers those rows itself, once per
-table, and opens a `gathered_rows_scope`; inside it a FLix layer selects
+wants gradients with respect to the used rows only (the row-sparse steps
+in `keras_flix.src.backend.jax` and `.torch`) gathers those rows itself,
+once per table, and opens a `gathered_rows_scope`; inside it a FLix layer selects
 each example's adapter from the gathered rows instead of the table, so the
 gathered rows, not the table, are what the step differentiates.
 """
@@ -53,3 +53,20 @@ def gathered_rows_of(table):
     """The `GatheredRows` of the table variable `table` in scope, or `None`."""
     gathered = getattr(_state, "gathered", None)
     return gathered.get(id(table)) if gathered else None
+
+
+def gathered_rows_by_table(variables, tables, values, used):
+    """The mapping a `gathered_rows_scope` takes.
+
+    Args:
+        variables: the model's trainable variables.
+        tables: `adapter_tables(model)`.
+        values: dict index -> the gathered rows of that table.
+        used: `used_rows(...)`.
+    """
+    return {
+        id(variables[index]): GatheredRows(
+            values[index], used[feature_type][1], used[feature_type][2]
+        )
+        for index, feature_type in tables.items()
+    }

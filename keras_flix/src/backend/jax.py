@@ -1,4 +1,6 @@
-"""On jax: a FLix training step whose adapter-table gradients are row-sparse.
+"""jax: the row-sparse training step, `BCOO` gradients, host values.
+
+The training step's adapter-table gradients are row-sparse.
 
 Keras' jax trainer differentiates the loss with respect to every trainable
 variable, so the gradient of an adapter table of `n_values` rows is a dense
@@ -11,22 +13,26 @@ and hands the optimizer each table's gradient as a `BCOO` of those rows.
 Nothing of size `n_values` is written except the rows the optimizer updates.
 
 Used by `FLixModel.train_step` when the optimizer asks for it
-(`LazyAdam(sparse_gradients=True)`, the default); this module imports jax
-and is imported only on the jax backend.
+(`LazyAdam(sparse_gradients=True)`, the default).
 """
 
 import jax
 import jax.numpy as jnp
 import keras
+import numpy as np
 from jax.experimental import sparse as jax_sparse
 
+from keras_flix.src import keras_private
+from keras_flix.src.backend.common import assert_in_range_in_graph  # noqa: F401
+from keras_flix.src.backend.common import check_saved_model_export  # noqa: F401
+from keras_flix.src.backend.common import on_tpu  # noqa: F401
+from keras_flix.src.backend.common import refresh_parameter_registry  # noqa: F401
+from keras_flix.src.backend.common import sublayer_attributes  # noqa: F401
+from keras_flix.src.layers.gathered_rows import gathered_rows_by_table
 from keras_flix.src.layers.gathered_rows import gathered_rows_scope
-from keras_flix.src.row_sparse_tables import adapter_tables
-from keras_flix.src.row_sparse_tables import gathered_rows_by_table
-from keras_flix.src.row_sparse_tables import used_rows
 
 
-def row_sparse_train_step(model, state, data, feature_ids_of):
+def row_sparse_train_step(model, state, data, tables, used):
     """`keras.Model.train_step` (jax) with row-sparse table gradients.
 
     Args:
@@ -34,15 +40,15 @@ def row_sparse_train_step(model, state, data, feature_ids_of):
         state: `(trainable, non_trainable, optimizer, metrics)` variable
             values, as Keras' jax trainer passes them.
         data: the batch, `(x, y, sample_weight)` or a prefix of it.
-        feature_ids_of: a function from `x` to the batch's feature ids.
+        tables: `adapter_tables(model)`, index in
+            `model.trainable_variables` -> feature type.
+        used: `used_rows(...)` of the batch, computed with `unique_rows`.
 
     Returns:
         `(logs, state)`, as Keras' jax `train_step` returns them.
     """
     trainable, non_trainable, optimizer_values, metrics_values = state
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    used = used_rows(model, x, feature_ids_of, _unique_with_slots)
-    tables = adapter_tables(model)
     variables = model.trainable_variables
     differentiated = [
         jnp.take(value, used[tables[index]][0], axis=0) if index in tables else value
@@ -84,14 +90,34 @@ def row_sparse_train_step(model, state, data, feature_ids_of):
     trainable, optimizer_values = model.optimizer.stateless_apply(
         optimizer_values, grads, trainable
     )
-    logs, metrics_values = model._update_metrics_variables(
-        metrics_values, unscaled_loss, x, y, y_pred, sample_weight
+    logs, metrics_values = keras_private.update_metrics_variables(
+        model, metrics_values, unscaled_loss, x, y, y_pred, sample_weight
     )
     return logs, (trainable, non_trainable, optimizer_values, metrics_values)
 
 
-def _unique_with_slots(rows):
+def unique_rows(rows):
+    """The distinct rows of `[batch]` rows, and each example's slot in them."""
     # A static size keeps shapes fixed under jit: the distinct rows are padded
     # with copies of the first, which no example's slot points to.
     unique, slots = jnp.unique(rows, size=rows.shape[0], return_inverse=True)
     return unique, jnp.reshape(slots, (-1,))
+
+
+def host_value(x):
+    if isinstance(x, jax.core.Tracer):
+        return None
+    if all(d.platform == "cpu" for d in x.devices()):
+        return np.asarray(x)
+    return None
+
+
+def row_sparse_parts(gradient):
+    """`(indices, values)` of a `BCOO` of rows (what the step above makes)."""
+    if (
+        isinstance(gradient, jax_sparse.BCOO)
+        and gradient.n_sparse == 1
+        and gradient.n_batch == 0
+    ):
+        return gradient.indices[:, 0], gradient.data
+    return None

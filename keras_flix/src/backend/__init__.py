@@ -1,0 +1,69 @@
+"""What keras-flix does differently on each Keras backend.
+
+Library code uses `keras.ops`. What `keras.ops` cannot express lives in one
+module per backend (`jax.py`, `tensorflow.py`, `torch.py`, and `other.py`
+for the rest), each defining the same names; this package exposes those of
+the backend Keras runs on:
+
+* `host_value(x)`: a tensor's values as NumPy, when they can be read now
+  without a device sync (else `None`);
+* `assert_in_range_in_graph(feature_ids, num_values)`: a runtime range
+  check of ids inside compiled graphs, where the backend has one;
+* `row_sparse_train_step`: the training step whose adapter-table gradients
+  are row-sparse (`None` where the backend's own gradients already are),
+  and `unique_rows(rows)`, the distinct rows a batch uses, for it;
+* `row_sparse_parts(gradient)`: `(row indices, row values)` of a
+  row-sparse gradient, else `None`;
+* `refresh_parameter_registry(layer)`: re-registers a layer's variables
+  with its framework module after model surgery;
+* `sublayer_attributes(layer)`: the attributes a framework keeps
+  sublayers in besides `__dict__`;
+* `check_saved_model_export()`: raises if the backend cannot export a
+  SavedModel here;
+* `on_tpu()`: whether the model runs on TPU.
+
+No other module imports jax or torch or asks which backend runs.
+"""
+
+import importlib
+
+import keras
+import numpy as np
+
+_MODULES = {"jax": "jax", "tensorflow": "tensorflow", "torch": "torch"}
+
+_backend = importlib.import_module(
+    f"{__name__}.{_MODULES.get(keras.backend.backend(), 'other')}"
+)
+
+assert_in_range_in_graph = _backend.assert_in_range_in_graph
+check_saved_model_export = _backend.check_saved_model_export
+on_tpu = _backend.on_tpu
+refresh_parameter_registry = _backend.refresh_parameter_registry
+row_sparse_parts = _backend.row_sparse_parts
+row_sparse_train_step = _backend.row_sparse_train_step
+sublayer_attributes = _backend.sublayer_attributes
+unique_rows = _backend.unique_rows
+
+
+def host_value(x):
+    """Returns `x` as a NumPy array if its values are on the host now.
+
+    Args:
+        x: a tensor, NumPy array or nested Python list.
+
+    Returns:
+        A NumPy array, or `None` when `x` is symbolic (traced by `jax.jit`,
+        `tf.function` or torch's compiler, or a `KerasTensor`) or lives on an
+        accelerator, where reading it would force a host-device sync.
+
+    Example:
+
+    >>> host_value([[0, -1]]).tolist()
+    [[0, -1]]
+    """
+    if isinstance(x, (np.ndarray, list, tuple, int)):
+        return np.asarray(x)
+    if isinstance(x, keras.KerasTensor):
+        return None
+    return _backend.host_value(x)

@@ -1,0 +1,38 @@
+"""Behaviour shared by several backends (see `keras_flix.src.backend`)."""
+
+import functools
+
+import keras
+
+
+def assert_in_range_in_graph(feature_ids, num_values):
+    """No graph-level check: FLix layers output NaN for out-of-range ids."""
+    return feature_ids
+
+
+def check_saved_model_export():
+    """Keras exports SavedModels from this backend."""
+
+
+def refresh_parameter_registry(layer):
+    """Keras layers keep no framework-level parameter registry here."""
+
+
+def row_sparse_parts(gradient):
+    """This backend makes no row-sparse gradients."""
+    return None
+
+
+def sublayer_attributes(layer):
+    """Sublayers are plain attributes (in `__dict__`) here."""
+    return {}
+
+
+@functools.lru_cache(maxsize=None)
+def on_tpu():
+    """Whether Keras' distribution API lists a TPU device."""
+    try:
+        devices = keras.distribution.list_devices()
+    except (AttributeError, NotImplementedError):
+        return False
+    return any(device.lower().startswith("tpu") for device in devices)

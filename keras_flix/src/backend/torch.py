@@ -1,0 +1,120 @@
+"""torch: the row-sparse training step, sparse COO gradients, host values.
+
+The training step is the counterpart of the one in `backend/jax.py`: autograd
+would give every adapter table a dense gradient of the table's shape (zeros
+plus the rows the batch used). This step gathers the rows each table's
+feature type uses in the batch once, as leaf tensors that FLix layers select
+from inside a `gathered_rows_scope`, so backpropagation reaches those rows
+only, and hands the optimizer each table's gradient as a sparse COO tensor
+of them. Used by `FLixModel.train_step` when the optimizer asks for it
+(`LazyAdam(sparse_gradients=True)`, the default).
+"""
+
+import importlib.util
+
+import keras
+import torch
+
+from keras_flix.src import keras_private
+from keras_flix.src.backend.common import assert_in_range_in_graph  # noqa: F401
+from keras_flix.src.backend.common import on_tpu  # noqa: F401
+from keras_flix.src.layers.gathered_rows import gathered_rows_by_table
+from keras_flix.src.layers.gathered_rows import gathered_rows_scope
+
+
+def row_sparse_train_step(model, data, tables, used):
+    """`keras.Model.train_step` (torch) with row-sparse table gradients.
+
+    Args:
+        model: the `FLixModel`.
+        data: the batch, `(x, y, sample_weight)` or a prefix of it.
+        tables: `adapter_tables(model)`, index in
+            `model.trainable_variables` -> feature type.
+        used: `used_rows(...)` of the batch, computed with `unique_rows`.
+
+    Returns:
+        The metrics' results, as Keras' torch `train_step` returns them.
+    """
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    variables = model.trainable_variables
+    gathered_rows = {
+        index: variables[index].value.detach()[used[feature_type][0]].requires_grad_()
+        for index, feature_type in tables.items()
+    }
+    gathered = gathered_rows_by_table(variables, tables, gathered_rows, used)
+    with gathered_rows_scope(gathered):
+        y_pred = model(x, training=True)
+    model.zero_grad()
+    loss = keras_private.compute_loss(
+        model, x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+    )
+    keras_private.loss_tracker(model).update_state(
+        loss,
+        sample_weight=next(i for i in keras.tree.flatten(x) if i is not None).shape[0],
+    )
+    model.optimizer.scale_loss(loss).backward()
+    grads = []
+    for index, variable in enumerate(variables):
+        if index not in tables:
+            grads.append(variable.value.grad)
+            continue
+        grad = gathered_rows[index].grad
+        grads.append(
+            None
+            if grad is None
+            else torch.sparse_coo_tensor(
+                used[tables[index]][0][None],
+                grad,
+                tuple(variable.shape),
+                is_coalesced=True,  # `torch.unique`'s rows: sorted, distinct
+                check_invariants=False,
+            )
+        )
+    with torch.no_grad():
+        model.optimizer.apply(grads, variables)
+    return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+
+def host_value(x):
+    if torch.compiler.is_compiling() or x.device.type != "cpu":
+        return None
+    return x.detach().numpy()
+
+
+def row_sparse_parts(gradient):
+    """`(indices, values)` of a sparse COO tensor of rows."""
+    if isinstance(gradient, torch.Tensor) and gradient.is_sparse:
+        gradient = gradient.coalesce()
+        return gradient.indices()[0], gradient.values()
+    return None
+
+
+def refresh_parameter_registry(layer):
+    """Re-registers `layer`'s variables with its `torch.nn.Module`.
+
+    Every Keras layer is a `torch.nn.Module` here, keeping a `ParameterDict`
+    of all the variables under it, filled when it was built. After sublayers
+    are swapped, that registry still lists the old variables and misses the
+    new ones, so `module.parameters()` would be wrong.
+    """
+    keras_private.refresh_torch_parameters(layer)
+
+
+def sublayer_attributes(layer):
+    """`torch.nn.Module` keeps sublayers in `_modules`, not in `__dict__`."""
+    return dict(getattr(layer, "_modules", None) or {})
+
+
+def check_saved_model_export():
+    if importlib.util.find_spec("torch_xla") is None:
+        raise NotImplementedError(
+            "Keras exports torch models to SavedModel only through torch_xla, "
+            "which is not installed. Save the model (`model.save('m.keras')`) "
+            "and export it from a process with KERAS_BACKEND=jax or "
+            "tensorflow: .keras files load on every backend."
+        )
+
+
+def unique_rows(rows):
+    """The distinct rows of `[batch]` rows, and each example's slot in them."""
+    return torch.unique(rows, return_inverse=True)

@@ -1,0 +1,192 @@
+"""The private Keras APIs keras-flix relies on, in one place.
+
+Keras has no public API for some of what FLix needs: rewiring a built model,
+carrying feature ids into gradient checkpointing, a training step and an
+optimizer update of its own. Every use of a private Keras attribute goes
+through this module (the FLix layers, subclasses of `Dense` and
+`EinsumDense`, also use their base classes' `_kernel` through it), so a Keras
+release that changes one breaks here, and `tests/test_keras_private.py`
+names what disappeared.
+
+Tested with Keras 3.15.1 (the upper bound in pyproject.toml is the newest
+version the suite has run on); the lower bound 3.10 is the oldest release
+whose API the code was written against.
+"""
+
+import contextlib
+
+TESTED_KERAS_VERSIONS = ("3.15.1",)
+
+RELIED_ON = (
+    # (owner, attribute, backends or None for all, what keras-flix uses it for)
+    ("Layer", "_flatten_layers", None, "every layer under a model"),
+    ("Layer", "_tracker", None, "replacing a tracked sublayer"),
+    ("Layer", "_remat_mode", None, "a FLix layer checkpoints like its base layer"),
+    ("Layer", "rematerialized_call", None, "feature ids in gradient checkpointing"),
+    ("Layer", "_torch_params", ("torch",), "refreshing torch's parameter registry"),
+    ("Layer", "_track_variables", ("torch",), "refreshing torch's parameter registry"),
+    ("Dense", "_kernel", None, "the frozen base kernel a FLix layer adapts"),
+    ("EinsumDense", "_kernel", None, "the frozen base kernel a FLix layer adapts"),
+    ("Functional", "_operations", None, "rewiring a Functional graph"),
+    ("Functional", "_operations_by_depth", None, "rewiring a Functional graph"),
+    ("Functional", "_nodes", None, "rewiring a Functional graph"),
+    ("Functional", "_nodes_by_depth", None, "rewiring a Functional graph"),
+    ("Operation", "_inbound_nodes", None, "rewiring a Functional graph"),
+    ("Operation", "_outbound_nodes", None, "rewiring a Functional graph"),
+    ("KerasTensor", "_keras_history", None, "rewiring a Functional graph"),
+    ("Sequential", "_functional", None, "the graph a Sequential model hides"),
+    ("Model", "_compute_loss", ("torch",), "the row-sparse training step"),
+    ("Model", "_loss_tracker", ("torch",), "the row-sparse training step"),
+    ("Model", "_update_metrics_variables", ("jax",), "the row-sparse training step"),
+    ("Optimizer", "_get_variable_index", None, "LazyAdam's update of a table"),
+    ("Optimizer", "_apply_weight_decay", None, "LazyAdam decays used rows only"),
+    ("Adam", "_momentums", None, "LazyAdam's update of a table"),
+    ("Adam", "_velocities", None, "LazyAdam's update of a table"),
+    ("LayoutMap", "_layout_map", None, "adapter layouts derived from kernels"),
+    ("symbolic_scope", "in_symbolic_scope", None, "ids seen during shape inference"),
+)
+"""Each private attribute relied on, and why (see `tests/test_keras_private.py`)."""
+
+
+def all_layers(layer):
+    """Every layer under `layer` (itself included), each once."""
+    return layer._flatten_layers(include_self=True, recursive=True)
+
+
+def remat_mode(layer):
+    """The layer's gradient checkpointing mode (`keras.RematScope`), or `None`."""
+    return getattr(layer, "_remat_mode", None)
+
+
+def set_remat_mode(layer, mode):
+    """Gives `layer` the remat mode another layer was built with."""
+    layer._remat_mode = mode
+
+
+def kernel(layer):
+    """The kernel variable of a `Dense` / `EinsumDense` (not LoRA-merged)."""
+    return layer._kernel
+
+
+def set_kernel(layer, variable):
+    """Makes `variable` the kernel of a `Dense` / `EinsumDense` layer."""
+    layer._kernel = variable
+
+
+def sequential_graph(attributes):
+    """The Functional graph a `Sequential` model keeps, from its attributes."""
+    return attributes.get("_functional")
+
+
+@contextlib.contextmanager
+def unlocked_tracker(layer):
+    """Lets `layer`'s tracked attributes change; yields its tracker or `None`.
+
+    Keras locks a layer's tracker once it is built, so that no new
+    variables or sublayers appear; a layer replacement needs it open.
+    """
+    tracker = getattr(layer, "_tracker", None)
+    was_locked = tracker is not None and tracker.locked
+    if tracker is not None:
+        tracker.unlock()
+    try:
+        yield tracker
+    finally:
+        if was_locked:
+            tracker.lock()
+
+
+def replace_tracked_layer(tracker, old, new):
+    """Replaces `old` by `new` among a tracker's layers; whether it was there."""
+    if tracker is None or not tracker.is_in_store("layers", old):
+        return False
+    tracker.replace_tracked_value("layers", old, new)
+    return True
+
+
+def replace_in_functional_graph(container, old, new):
+    """Rewires the nodes of a Functional model that call `old` to call `new`.
+
+    Returns:
+        Whether `container` is a Functional graph that calls `old`.
+    """
+    operations = getattr(container, "_operations", None)
+    if operations is None or not any(op is old for op in operations):
+        return False
+    container._operations = [new if op is old else op for op in operations]
+    for depth, ops_at_depth in container._operations_by_depth.items():
+        container._operations_by_depth[depth] = [
+            new if op is old else op for op in ops_at_depth
+        ]
+    # Node keys embed the operation's id (`make_node_key`).
+    old_prefix, new_prefix = f"{id(old)}_ib-", f"{id(new)}_ib-"
+    container._nodes = {
+        new_prefix + key[len(old_prefix) :] if key.startswith(old_prefix) else key
+        for key in container._nodes
+    }
+    new._inbound_nodes = old._inbound_nodes
+    new._outbound_nodes = old._outbound_nodes
+    graph_nodes = [n for nodes in container._nodes_by_depth.values() for n in nodes]
+    for node in {id(n): n for n in graph_nodes + list(old._inbound_nodes)}.values():
+        if node.operation is not old:
+            continue
+        node.operation = new
+        for tensor in node.outputs:
+            history = tensor._keras_history
+            if history.operation is old:
+                tensor._keras_history = history._replace(operation=new)
+    return True
+
+
+def in_symbolic_scope():
+    """Whether Keras is running a call only to infer output shapes.
+
+    Keras' `compute_output_spec` traces calls with placeholders whose values
+    are never computed; under `tf.distribute`, Keras builds them from a
+    cross-replica *mean* of the first batch, so integer inputs such as
+    feature ids arrive as floats there.
+    """
+    from keras.src.backend.common.symbolic_scope import in_symbolic_scope
+
+    return in_symbolic_scope()
+
+
+def refresh_torch_parameters(layer):
+    """Refills a torch-backend layer's `ParameterDict` from its variables."""
+    if hasattr(layer, "_torch_params"):
+        layer._track_variables()
+
+
+def compute_loss(model, **kwargs):
+    """`Trainer._compute_loss`: the loss as `train_step` computes it."""
+    return model._compute_loss(**kwargs)
+
+
+def loss_tracker(model):
+    """`Trainer._loss_tracker`: the metric `train_step` reports as "loss"."""
+    return model._loss_tracker
+
+
+def update_metrics_variables(model, *args):
+    """`JAXTrainer._update_metrics_variables`, the stateless metrics update."""
+    return model._update_metrics_variables(*args)
+
+
+def variable_index(optimizer, variable):
+    """The index of `variable` in the optimizer's variable list."""
+    return optimizer._get_variable_index(variable)
+
+
+def adam_moments(optimizer, index):
+    """`(first moment, second moment)` variables of an Adam variable index."""
+    return optimizer._momentums[index], optimizer._velocities[index]
+
+
+def layout_entries(layout_map):
+    """The dict a `LayoutMap` keeps its entries in (key -> layout)."""
+    return layout_map._layout_map
+
+
+def active_layout_map(distribution):
+    """The `LayoutMap` of a distribution (`ModelParallel`), or `None`."""
+    return getattr(distribution, "_layout_map", None)
