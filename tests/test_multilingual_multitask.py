@@ -31,7 +31,7 @@ PUBLISHED = set(methods_lib.PUBLISHED)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def run_script(*args, timeout=900):
+def run_script(*args, timeout=1800):
     env = {
         **os.environ,
         "KERAS_BACKEND": keras.backend.backend(),

