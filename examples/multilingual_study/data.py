@@ -17,7 +17,6 @@ from keras_flix.datasets.cldr_multitask import tfds_builder  # noqa: F401 (regis
 from multilingual_study.methods import SHARED
 
 EVAL_BATCH_SIZE = 128
-LATIN = "Latn"
 
 
 def label_space():

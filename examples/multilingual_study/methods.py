@@ -18,7 +18,6 @@ rates transfer between ranks).
 import dataclasses
 import re
 
-import keras
 import numpy as np
 
 import keras_flix as kf

@@ -6,7 +6,6 @@ import numpy as np
 
 from keras_flix.datasets import cldr_multitask
 
-from multilingual_study import statistics
 
 KINDS = cldr_multitask.KINDS
 MEANING = """\
