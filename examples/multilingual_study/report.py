@@ -113,7 +113,7 @@ def write_report(path, results, titles):
             paired_table(paired, titles, method),
             "",
         ]
-    if results.get("best_baseline"):
+    if results.get("best_baseline") and "flix" in methods:
         lines += [
             f"Best baseline (highest mean over the split kinds): "
             f"{titles[results['best_baseline']]}; `heatmap.png` shows FLix − it per cell.",
