@@ -30,7 +30,7 @@ import numpy as np
 MAGIC = b"E5S1"
 BLOCK_SIZE = 32
 _F32, _Q4_0 = 0, 1
-_Q4_0_BLOCK = np.dtype([("d", "<f2"), ("qs", "u1", (BLOCK_SIZE // 2,))])
+Q4_0_BLOCK = np.dtype([("d", "<f2"), ("qs", "u1", (BLOCK_SIZE // 2,))])
 
 
 class E5FileError(ValueError):
@@ -159,7 +159,7 @@ def _read_tensors(reader, config):
                 raise E5FileError(f"{reader.path}: tensor {name} has {elements} weights.")
             blocks = elements // BLOCK_SIZE
             raw = np.frombuffer(
-                body.take(blocks * _Q4_0_BLOCK.itemsize, f"tensor {name}"), _Q4_0_BLOCK
+                body.take(blocks * Q4_0_BLOCK.itemsize, f"tensor {name}"), Q4_0_BLOCK
             )
             tensors[name] = dequantize_q4_0(raw)
         else:
@@ -168,7 +168,21 @@ def _read_tensors(reader, config):
 
 
 def dequantize_q4_0(blocks):
-    """Q4_0 blocks -> the flat float32 weights they encode (32 per block)."""
+    """Q4_0 blocks -> the flat float32 weights they encode (32 per block).
+
+    Args:
+        blocks: a structured array of `Q4_0_BLOCK` records.
+
+    Returns:
+        float32 array of `32 * len(blocks)` weights.
+
+    Example:
+
+    >>> block = np.zeros(1, Q4_0_BLOCK)
+    >>> block["d"], block["qs"] = 0.5, 0x9A   # low nibble 10, high nibble 9
+    >>> dequantize_q4_0(block)[[0, 16]]
+    array([1. , 0.5], dtype=float32)
+    """
     scale = blocks["d"].astype(np.float32)[:, None]
     low = (blocks["qs"] & 0x0F).astype(np.int8) - 8
     high = (blocks["qs"] >> 4).astype(np.int8) - 8
