@@ -234,7 +234,7 @@ def _method_names(parser, names):
 def _learning_rates(parser, values, method_names):
     """method -> (lr, source) from --lr, CHOSEN_LR and DEFAULT_LR."""
     rates = {
-        m: (CHOSEN_LR[m], f"chosen on dev ({DEV_GRID})") if m in CHOSEN_LR else (DEFAULT_LR, "default (not tuned)")
+        m: (CHOSEN_LR[m], f"from dev runs ({DEV_GRID}; see README)") if m in CHOSEN_LR else (DEFAULT_LR, "default (not tuned)")
         for m in method_names
     }
     for value in values:
