@@ -129,6 +129,7 @@ def test_report_plots_and_export(quick_run):
     assert (output / "heatmap.png").read_bytes()[:8] == PNG_MAGIC
     assert (output / "learning_curves.png").read_bytes()[:8] == PNG_MAGIC
     assert len(list((output / "runs").glob("test-*.json"))) == len(PUBLISHED)
+    assert len(list((output / "runs").glob("dev-*.json"))) == len(PUBLISHED)
     if keras.backend.backend() in ("jax", "tensorflow"):
         assert (output / "saved_model" / "saved_model.pb").is_file()
         assert "SavedModel" in stdout
@@ -144,6 +145,29 @@ def test_a_stopped_study_resumes_from_its_finished_runs(quick_run):
     assert result.stdout.count("finished earlier") == len(PUBLISHED)
     after = json.loads((output / "results.json").read_text("utf-8"))
     assert after["cells"] == json.loads(before)["cells"]
+
+
+def test_every_run_is_evaluated_on_dev_and_test_once_trained(quick_run, tmp_path):
+    output, _, arguments = quick_run
+    # A dev study reads the dev records the test study's runs wrote: the same
+    # training serves choosing (dev) and reporting (test).
+    dev_output = tmp_path / "dev"
+    (dev_output / "runs").mkdir(parents=True)
+    for path in (output / "runs").glob("dev-*.json"):
+        (dev_output / "runs" / path.name).write_bytes(path.read_bytes())
+    dev_arguments = [a if a != str(output) else str(dev_output) for a in arguments]
+    result = run_script(*dev_arguments, "--eval-split", "dev", "--no-export")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("finished earlier") == len(PUBLISHED)
+    dev = json.loads((dev_output / "results.json").read_text("utf-8"))
+    test = json.loads((output / "results.json").read_text("utf-8"))
+    assert dev["config"]["eval_split"] == "dev"
+    assert dev["runs"] == [
+        {**run, "settings": {**run["settings"], "split": "dev"}} for run in test["runs"]
+    ]
+    # Dev has no unseen-language cells of its own (those languages are test-only).
+    assert {c["language"] for c in dev["cells"]} <= {c["language"] for c in test["cells"]}
+    assert dev["cells"] != test["cells"]
 
 
 @pytest.mark.parametrize(

@@ -153,8 +153,9 @@ def train_and_evaluate(study, method, lr, seed):
             data order (the same order for every method).
 
     Returns:
-        dict: settings, per-cell accuracies, dev learning curve, final
-        loss, median step seconds, wall seconds, parameter counts.
+        The trained model and, for every split of `study.evaluations`, a
+        record: settings, per-cell accuracies, dev learning curve, final
+        loss, median step seconds, training wall seconds, parameter counts.
     """
     started = time.time()
     # Seed first, then build the preprocessor (see `data.Pipeline`).
@@ -201,18 +202,24 @@ def train_and_evaluate(study, method, lr, seed):
         shuffle=False,
         verbose=study.args.verbose,
     )
-    correct = data.predict_correct(
-        model, pipeline, study.examples, study.label_names, study.task_masks
-    )
-    return model, {
-        "settings": study.run_settings(method, lr, seed),
-        "cells": cell_accuracies(study.examples, correct),
+    shared = {
         "dev_curve": callbacks[-1].points if study.args.curve_points else [],
         "loss": float(history.history["loss"][-1]),
         "step_seconds_median": float(np.median(timing.seconds)) if timing.seconds else None,
         "seconds": round(time.time() - started, 1),
         "parameters": methods_lib.parameter_counts(model),
     }
+    records = {}
+    for split, examples in study.evaluations.items():
+        correct = data.predict_correct(
+            model, pipeline, examples, study.label_names, study.task_masks
+        )
+        records[split] = {
+            "settings": study.run_settings(method, lr, seed, split),
+            "cells": cell_accuracies(examples, correct),
+            **shared,
+        }
+    return model, records
 
 
 def cell_accuracies(examples, correct):
