@@ -158,6 +158,10 @@ def refresh_torch_parameters(layer):
         layer._track_variables()
 
 
+# trainer class -> Keras' own `train_step`, for the classes wrapped.
+_keras_train_steps = {}
+
+
 def wrap_train_step(trainer_class, wrap):
     """Replaces `trainer_class.train_step` by `wrap(keras_train_step)`, once.
 
@@ -166,12 +170,10 @@ def wrap_train_step(trainer_class, wrap):
             `TorchTrainer`), which every `keras.Model` there inherits.
         wrap: takes Keras' `train_step` function, returns the new one.
     """
-    current = trainer_class.train_step
-    if getattr(current, "keras_flix_wrapped", False):
+    if trainer_class in _keras_train_steps:
         return
-    step = wrap(current)
-    step.keras_flix_wrapped = True
-    trainer_class.train_step = step
+    _keras_train_steps[trainer_class] = trainer_class.train_step
+    trainer_class.train_step = wrap(trainer_class.train_step)
 
 
 def compute_loss(model, **kwargs):
