@@ -12,14 +12,19 @@ configurations:
   8, 64 or 1024 values per type, trained with Adam.
 * `flix_v8_lazy`, `flix_v1024_lazy`: as `flix_v8`, `flix_v1024`, trained
   with `LazyAdam` (row-sparse updates of the adapter tables; on jax and
-  torch also row-sparse table gradients, see `FLixModel.train_step`).
+  torch also row-sparse table gradients, see
+  `keras_flix/src/row_sparse_step.py`).
 * `flix_v8_one_hot`: as `flix_v8`, with `compute_path="one_hot"`.
 * `merged_v8`: `keras_flix.merge` of `flix_v8` for one combination
   (inference only).
+* `keras_lora_head`, `flix_v8_head`, `flix_v1024_lazy_head`: as
+  `keras_lora`, `flix_v8`, `flix_v1024_lazy`, in the other common pattern:
+  a user's Functional model with a `Dense` head around the adapted (or
+  retrofitted) backbone model, which is what is compiled and trained.
 
-Every configuration is a Functional model of the backbone's sequence output
-(the FLix ones the `FLixModel` that `retrofit` returns for it), trained
-with a mean squared error. Train step: `model.compile(...)` then
+Every other configuration is a Functional model of the backbone's sequence
+output (the FLix ones the `FLixModel` that `retrofit` returns for it, so
+the whole model is retrofitted), trained with a mean squared error. Train step: `model.compile(...)` then
 `model.train_on_batch`, i.e. the step `fit` runs: forward, backward and
 optimizer update, compiled with XLA on jax and TensorFlow
 (`jit_compile=True`) and eager on torch. Inference:
@@ -110,6 +115,9 @@ TARGETS = [
     ("flix_v8", "frozen", "infer", 1.10),
     ("merged_v8", "frozen", "infer", 1.02),
     ("flix_v8", "keras_lora", "memory", 1.10),
+    # The same two training targets with a head around the adapted backbone.
+    ("flix_v8_head", "keras_lora_head", "train", 1.05),
+    ("flix_v1024_lazy_head", "flix_v8_head", "train", 1.05),
 ]
 # Further ratios, reported without a target.
 EXTRA_RATIOS = [
@@ -128,18 +136,25 @@ EXTRA_RATIOS = [
 
 
 def configurations(settings):
-    """Name -> (kind, values per type, optimizer, compute_path, phases)."""
+    """Name -> (kind, values per type, optimizer, compute_path, phases, head).
+
+    `head`: the model trained is a Functional model with a `Dense` head
+    around the adapted backbone model, not that model itself.
+    """
     small, medium, large = settings["values"]
     return {
-        "frozen": ("frozen", None, None, None, ("infer",)),
-        "keras_lora": ("keras_lora", None, "adam", None, ("train",)),
-        "flix_v8": ("flix", small, "adam", "auto", ("train", "infer")),
-        "flix_v64": ("flix", medium, "adam", "auto", ("train", "infer")),
-        "flix_v1024": ("flix", large, "adam", "auto", ("train", "infer")),
-        "flix_v8_lazy": ("flix", small, "lazy_adam", "auto", ("train",)),
-        "flix_v1024_lazy": ("flix", large, "lazy_adam", "auto", ("train",)),
-        "flix_v8_one_hot": ("flix", small, "adam", "one_hot", ("train", "infer")),
-        "merged_v8": ("merged", small, None, None, ("infer",)),
+        "frozen": ("frozen", None, None, None, ("infer",), False),
+        "keras_lora": ("keras_lora", None, "adam", None, ("train",), False),
+        "flix_v8": ("flix", small, "adam", "auto", ("train", "infer"), False),
+        "flix_v64": ("flix", medium, "adam", "auto", ("train", "infer"), False),
+        "flix_v1024": ("flix", large, "adam", "auto", ("train", "infer"), False),
+        "flix_v8_lazy": ("flix", small, "lazy_adam", "auto", ("train",), False),
+        "flix_v1024_lazy": ("flix", large, "lazy_adam", "auto", ("train",), False),
+        "flix_v8_one_hot": ("flix", small, "adam", "one_hot", ("train", "infer"), False),
+        "merged_v8": ("merged", small, None, None, ("infer",), False),
+        "keras_lora_head": ("keras_lora", None, "adam", None, ("train",), True),
+        "flix_v8_head": ("flix", small, "adam", "auto", ("train",), True),
+        "flix_v1024_lazy_head": ("flix", large, "lazy_adam", "auto", ("train",), True),
     }
 
 
@@ -230,7 +245,7 @@ def build(name, settings, configs, models=None):
     Returns:
         `(model, inputs, target)`, inputs and target as backend tensors.
     """
-    kind, num_values, optimizer, compute_path, _ = configs[name]
+    kind, num_values, optimizer, compute_path, _, head = configs[name]
     batch, length = settings["batch_size"], settings["sequence_length"]
     rng = np.random.default_rng(0)
     inputs = {
@@ -288,6 +303,15 @@ def build(name, settings, configs, models=None):
             source = build(f"flix_v{num_values}", settings, configs)[0]
         model = kf.merge(source, {t: f"{t}_1" for t in FEATURE_TYPES})
         model.trainable = False
+    if head:
+        outer_inputs = {
+            key: keras.Input((length,) if key != "feature_ids" else (2,), dtype="int32", name=key)
+            for key in inputs
+        }
+        outputs = keras.layers.Dense(settings["hidden_dim"], name="head")(
+            model(outer_inputs)
+        )
+        model = keras.Model(outer_inputs, outputs)
     model.compile(
         optimizer=(
             LazyAdam(1e-4) if optimizer == "lazy_adam" else keras.optimizers.Adam(1e-4)

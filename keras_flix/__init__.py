@@ -20,6 +20,12 @@ from keras_flix.src.merging import merge
 from keras_flix.src.retrofit import retrofit
 from keras_flix.src.schema import FeatureSchema
 from keras_flix.src.summary import summary
+from keras_flix.src import row_sparse_step
+
+# Every Keras model on jax and torch trains with row-sparse adapter-table
+# gradients where that applies (see keras_flix/src/row_sparse_step.py).
+row_sparse_step.install()
+del row_sparse_step
 
 __version__ = "0.1.0"
 

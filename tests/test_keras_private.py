@@ -32,6 +32,7 @@ def probes():
         "KerasTensor": inputs,
         "Sequential": sequential,
         "Model": functional,
+        "Trainer": functional,
         "Optimizer": adam,
         "Adam": adam,
         "LayoutMap": keras.distribution.LayoutMap(mesh),

@@ -1,5 +1,5 @@
-"""Row-sparse table gradients: FLix layers reading gathered rows, and the jax
-and torch training steps that differentiate with respect to them."""
+"""Row-sparse table gradients: the selection route of FLix layers, and the
+jax and torch training steps that every model holding FLix layers gets."""
 
 import math
 
@@ -15,20 +15,13 @@ from helpers import to_numpy
 import keras_flix as kf
 from keras_flix.optimizers import LazyAdam
 from keras_flix.src.layers.selection import adapter_rows
-from keras_flix.src.layers.gathered_rows import GatheredRows
-from keras_flix.src.layers.gathered_rows import gathered_rows_scope
+from keras_flix.src.layers.selection_route import selection_route
 
 row_sparse_step = pytest.mark.skipif(
     keras.backend.backend() == "tensorflow",
     reason="TensorFlow's table gradients are row-sparse by themselves "
     "(IndexedSlices); the row-sparse steps are jax's and torch's",
 )
-
-
-def step_module():
-    from keras_flix.src import backend
-
-    return backend
 
 
 def layer_and_inputs():
@@ -41,56 +34,105 @@ def layer_and_inputs():
     return layer, x
 
 
-def gathered_scope(layer, ids, rows_override=None):
-    """The scope the jax step opens, built with NumPy for `layer`'s tables.
-
-    `rows_override`: optional dict feature type -> rows to record instead.
-    """
-    num_values = np.array([SCHEMA.num_values[t] for t in SCHEMA.feature_types])
-    rows = to_numpy(adapter_rows(ids, num_values)[0])
-    gathered = {}
-    for column, feature_type in enumerate(SCHEMA.feature_types):
-        unique, slots = np.unique(rows[:, column], return_inverse=True)
-        expected = (rows_override or {}).get(feature_type, rows[:, column])
-        for table in (layer.adapter_a[feature_type], layer.adapter_b[feature_type]):
-            gathered[id(table)] = GatheredRows(
-                to_numpy(table)[unique], slots.astype("int32"), expected
-            )
-    return gathered_rows_scope(gathered)
-
-
-def test_layer_reads_gathered_rows_exactly():
+def test_the_route_sees_every_selection_and_its_rows():
     layer, x = layer_and_inputs()
     expected = to_numpy(layer(x, feature_ids=MIXED_IDS))
-    with gathered_scope(layer, MIXED_IDS):
+    seen = []
+
+    def route(table, rows, selected):
+        seen.append((table, to_numpy(rows), to_numpy(selected)))
+        return selected
+
+    with selection_route(route):
         got = to_numpy(layer(x, feature_ids=MIXED_IDS))
     np.testing.assert_array_equal(got, expected)
+    tables = [layer.adapter_a[t] for t in SCHEMA.feature_types]
+    tables += [layer.adapter_b[t] for t in SCHEMA.feature_types]
+    assert {id(t) for t, _, _ in seen} == {id(t) for t in tables}
+    num_values = np.array([SCHEMA.num_values[t] for t in SCHEMA.feature_types])
+    rows = to_numpy(adapter_rows(MIXED_IDS, num_values)[0])
+    for table, table_rows, selected in seen:
+        column = next(
+            i for i, t in enumerate(SCHEMA.feature_types)
+            if table is layer.adapter_a[t] or table is layer.adapter_b[t]
+        )
+        np.testing.assert_array_equal(table_rows, rows[:, column])
+        np.testing.assert_array_equal(selected, to_numpy(table)[rows[:, column]])
 
 
-def test_layer_rows_that_disagree_with_the_gathered_ones_give_nan():
+def test_what_the_route_returns_is_what_the_layer_computes_with():
     layer, x = layer_and_inputs()
-    # The rows were gathered for other ids than the layer sees: examples whose
-    # active language differs must not take another value's adapter.
-    other = np.array([[1, 0], [1, 1], [2, 0], [0, -1], [-1, 1], [-1, -1]], "int32")
-    language_rows = np.where(other[:, 0] >= 0, other[:, 0], 0).astype("int32")
-    with gathered_scope(layer, MIXED_IDS, rows_override={"language": language_rows}):
+    # Zero adapters everywhere: every example gets the base layer's output.
+    with selection_route(lambda table, rows, selected: selected * 0.0):
         got = to_numpy(layer(x, feature_ids=MIXED_IDS))
-    expected = to_numpy(layer(x, feature_ids=MIXED_IDS))
-    disagree = [0, 3]  # language 0 vs 1, 2 vs 0
-    assert np.isnan(got[disagree]).all()
-    # Examples 4 and 5 have no language: they agree whatever was gathered.
-    agree = [1, 2, 4, 5]
-    np.testing.assert_array_equal(got[agree], expected[agree])
+    no_features = np.full_like(MIXED_IDS, kf.ABSENT)
+    np.testing.assert_allclose(got, to_numpy(layer(x, feature_ids=no_features)), atol=1e-6)
 
 
-def fit_weights(sparse_gradients, train_also=(), feature_dropout=0.0, **optimizer):
-    """Weights and losses of a tiny BERT after a few LazyAdam steps."""
+def retrofitted_backbone_model(feature_dropout, train_also):
+    """The FLixModel itself is trained."""
     backbone = tiny_bert(seed=3)
     base = keras.Model(backbone.input, backbone.output["sequence_output"])
-    model = kf.retrofit(
+    return kf.retrofit(
         base, SCHEMA, rank={"language": 2, "task": 1}, target_layers=["query", "value"],
         feature_dropout=feature_dropout, train_also=list(train_also), seed=5,
     )
+
+
+def head_around_retrofitted_backbone(feature_dropout, train_also):
+    """A user's Functional model: a retrofitted backbone, then a head."""
+    flix_backbone = retrofitted_backbone_model(feature_dropout, train_also)
+    inputs = {
+        **{
+            name: keras.Input((12,), dtype="int32", name=name)
+            for name in ("token_ids", "segment_ids", "padding_mask")
+        },
+        "feature_ids": keras.Input((len(SCHEMA.feature_types),), dtype="int32", name="feature_ids"),
+    }
+    sequence = flix_backbone(inputs)
+    outputs = keras.layers.Dense(32, name="head")(sequence)
+    return keras.Model(inputs, outputs)
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class SharedFLixLayerModel(keras.Model):
+    """A subclassed model that calls one FLix layer twice (shared weights)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.embedding = keras.layers.Embedding(64, 32)
+        self.shared = kf.layers.FLixDense(32, schema=SCHEMA, rank=2, name="shared")
+        self.head = keras.layers.Dense(32, name="head")
+
+    def call(self, inputs):
+        hidden = self.embedding(inputs["token_ids"])
+        ids = inputs["feature_ids"]
+        hidden = keras.ops.tanh(self.shared(hidden, feature_ids=ids))
+        return self.head(self.shared(hidden, feature_ids=ids))
+
+
+def shared_flix_layer_model(feature_dropout, train_also):
+    keras.utils.set_random_seed(3)
+    model = SharedFLixLayerModel()
+    model(bert_inputs(2) | {"feature_ids": MIXED_IDS[:2]})
+    # B starts at zero: give every table a gradient from the first step.
+    rng = np.random.default_rng(1)
+    for variable in model.shared.adapter_variables:
+        variable.assign(0.1 * rng.standard_normal(variable.shape).astype("float32"))
+    model.shared.base_kernel.trainable = False
+    return model
+
+
+MODELS = {
+    "flix_model": retrofitted_backbone_model,
+    "head_around_backbone": head_around_retrofitted_backbone,
+    "subclassed_shared_layer": shared_flix_layer_model,
+}
+
+
+def fit_weights(make_model, sparse_gradients, train_also=(), feature_dropout=0.0, **optimizer):
+    """Weights and losses of a small model after a few LazyAdam steps."""
+    model = make_model(feature_dropout, train_also)
     model.compile(
         optimizer=LazyAdam(
             0.01, sparse_gradients=sparse_gradients, max_sparse_rows=2, **optimizer
@@ -105,34 +147,60 @@ def fit_weights(sparse_gradients, train_also=(), feature_dropout=0.0, **optimize
     return [to_numpy(v) for v in model.trainable_variables], history.history["loss"]
 
 
+DROPOUT_TRAIN_ALSO_DECAY = {
+    "feature_dropout": 0.5, "train_also": ["embeddings_layer_norm"], "weight_decay": 0.1,
+}
+
+
 @pytest.mark.slow
 @row_sparse_step
 @pytest.mark.parametrize(
-    "options",
-    [
-        {},
-        {"feature_dropout": 0.5, "train_also": ["embeddings_layer_norm"], "weight_decay": 0.1},
+    "model, options",
+    [(name, {}) for name in MODELS]
+    + [
+        ("flix_model", DROPOUT_TRAIN_ALSO_DECAY),
+        ("head_around_backbone", DROPOUT_TRAIN_ALSO_DECAY),
     ],
-    ids=["plain", "dropout_train_also_weight_decay"],
+    ids=[f"{name}-plain" for name in MODELS]
+    + ["flix_model-dropout_train_also_weight_decay", "head_around_backbone-dropout_train_also_weight_decay"],
 )
-def test_row_sparse_step_trains_like_dense_gradients(options, monkeypatch):
-    module = step_module()
+def test_row_sparse_step_trains_like_dense_gradients(model, options, monkeypatch):
+    from keras_flix.src import backend
+
     traced = []
-    step = module.row_sparse_train_step
+    step = backend.row_sparse_train_step
     monkeypatch.setattr(
-        module,
+        backend,
         "row_sparse_train_step",
         lambda *args, **kwargs: traced.append(1) or step(*args, **kwargs),
     )
-    sparse_weights, sparse_losses = fit_weights(True, **options)
+    sparse_weights, sparse_losses = fit_weights(MODELS[model], True, **options)
     assert traced, "the row-sparse step was not used"
     traced.clear()
-    dense_weights, dense_losses = fit_weights(False, **options)
+    dense_weights, dense_losses = fit_weights(MODELS[model], False, **options)
     assert not traced
     np.testing.assert_allclose(sparse_losses, dense_losses, rtol=1e-6)
     assert len(sparse_weights) == len(dense_weights)
     for sparse, dense in zip(sparse_weights, dense_weights):
         np.testing.assert_allclose(sparse, dense, rtol=1e-5, atol=1e-6)
+
+
+@row_sparse_step
+def test_models_without_flix_tables_or_lazy_adam_run_keras_step(monkeypatch):
+    from keras_flix.src import backend
+
+    monkeypatch.setattr(
+        backend, "row_sparse_train_step", lambda *a, **k: pytest.fail("row-sparse step used")
+    )
+    inputs = keras.Input((4,))
+    plain = keras.Model(inputs, keras.layers.Dense(3)(inputs))
+    plain.compile(optimizer=LazyAdam(0.01), loss="mse")
+    assert np.isfinite(plain.train_on_batch(np.ones((2, 4), "float32"), np.ones((2, 3), "float32")))
+    flix = retrofitted_backbone_model(0.0, ())
+    flix.compile(optimizer="adam", loss="mse")
+    x = bert_inputs(6)
+    x["feature_ids"] = MIXED_IDS
+    assert np.isfinite(flix.train_on_batch(x, np.zeros((6, 12, 32), "float32")))
 
 
 @pytest.mark.slow

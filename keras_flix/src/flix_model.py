@@ -4,7 +4,6 @@ import re
 
 import keras
 
-from keras_flix.src import backend
 from keras_flix.src import generation
 from keras_flix.src.adapters import check_train_also
 from keras_flix.src.adapters import flix_layers
@@ -17,8 +16,6 @@ from keras_flix.src.inputs import standardize_feature_ids
 from keras_flix.src.layers.feature_dropout import FeatureDropout
 from keras_flix.src.preprocessing import preprocessed_dataset
 from keras_flix.src.preprocessing import unpack
-from keras_flix.src.row_sparse_tables import adapter_tables
-from keras_flix.src.row_sparse_tables import used_rows
 
 
 @keras.saving.register_keras_serializable(package="keras_flix")
@@ -120,33 +117,6 @@ class FLixModel(keras.Model):
         feature_ids = self.feature_dropout(feature_ids, training=training)
         with feature_scope(feature_ids):
             return self.base_model(inputs, training=training)
-
-    def train_step(self, *args, **kwargs):
-        """Keras' training step, with row-sparse table gradients on jax and torch.
-
-        With an optimizer that takes row-sparse gradients
-        (`kf.optimizers.LazyAdam`), the jax and torch steps differentiate
-        with respect to the adapter-table rows the batch uses rather than
-        the whole tables (see `keras_flix.src.backend.jax`). Other
-        optimizers run Keras' own step; TensorFlow's gradients of the
-        tables are row-sparse (`IndexedSlices`) by themselves.
-        """
-        if (
-            backend.row_sparse_train_step is not None
-            and getattr(self.optimizer, "takes_row_sparse_gradients", False)
-            # Without trainable tables there is nothing to make row-sparse.
-            and adapter_tables(self)
-        ):
-            x = keras.utils.unpack_x_y_sample_weight(args[-1])[0]
-            used = used_rows(
-                self,
-                split_feature_ids(x, f"FLix model '{self.name}'")[1],
-                backend.unique_rows,
-            )
-            return backend.row_sparse_train_step(
-                self, *args, tables=adapter_tables(self), used=used
-            )
-        return super().train_step(*args, **kwargs)
 
     def preprocess_samples(self, x, y=None, sample_weight=None):
         """Runs the base model's preprocessing, carrying the ids past it."""

@@ -35,6 +35,7 @@ RELIED_ON = (
     ("Operation", "_outbound_nodes", None, "rewiring a Functional graph"),
     ("KerasTensor", "_keras_history", None, "rewiring a Functional graph"),
     ("Sequential", "_functional", None, "the graph a Sequential model hides"),
+    ("Trainer", "train_step", ("jax", "torch"), "dispatching to the row-sparse step"),
     ("Model", "_compute_loss", ("torch",), "the row-sparse training step"),
     ("Model", "_loss_tracker", ("torch",), "the row-sparse training step"),
     ("Model", "_update_metrics_variables", ("jax",), "the row-sparse training step"),
@@ -155,6 +156,24 @@ def refresh_torch_parameters(layer):
     """Refills a torch-backend layer's `ParameterDict` from its variables."""
     if hasattr(layer, "_torch_params"):
         layer._track_variables()
+
+
+# trainer class -> Keras' own `train_step`, for the classes wrapped.
+_keras_train_steps = {}
+
+
+def wrap_train_step(trainer_class, wrap):
+    """Replaces `trainer_class.train_step` by `wrap(keras_train_step)`, once.
+
+    Args:
+        trainer_class: Keras' trainer of the backend (`JAXTrainer`,
+            `TorchTrainer`), which every `keras.Model` there inherits.
+        wrap: takes Keras' `train_step` function, returns the new one.
+    """
+    if trainer_class in _keras_train_steps:
+        return
+    _keras_train_steps[trainer_class] = trainer_class.train_step
+    trainer_class.train_step = wrap(trainer_class.train_step)
 
 
 def compute_loss(model, **kwargs):

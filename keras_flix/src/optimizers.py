@@ -47,17 +47,19 @@ class LazyAdam(keras.optimizers.Adam):
 
     Gradients: a dense table gradient is read once to find the used rows.
     Row-sparse gradients skip even that: TensorFlow makes them itself (the
-    gradient of a gather is an `IndexedSlices`), and on jax and torch a
-    `FLixModel` compiled with this optimizer trains with a step that
-    differentiates with respect to the rows the batch uses and passes each
-    table's gradient as a jax `BCOO` or torch sparse COO tensor of them
-    (`sparse_gradients=True`, the default), so nothing of the table's size
-    is written but the updated rows. Same numbers as with dense gradients
-    (tested). It is not used, and dense
-    gradients are, when an option needs every gradient dense: `clipnorm`,
-    `global_clipnorm`, `clipvalue`, `gradient_accumulation_steps`,
-    `loss_scale_factor`; nor when the model trained is not the `FLixModel`
-    itself (e.g. a model that wraps it).
+    gradient of a gather is an `IndexedSlices`), and on jax and torch any
+    model compiled with this optimizer whose trainable variables include
+    FLix adapter tables (the `FLixModel` itself, a model with a head around
+    a retrofitted backbone, a subclassed model calling FLix layers) trains
+    with a step that differentiates with respect to the rows the FLix layers
+    select and passes each table's gradient as a jax `BCOO` or torch sparse
+    COO tensor of them (`sparse_gradients=True`, the default; see
+    `keras_flix/src/row_sparse_step.py`), so nothing of the table's size is
+    written but the updated rows. Same numbers as with dense gradients
+    (tested). It is not used, and dense gradients are, when an option needs
+    every gradient dense: `clipnorm`, `global_clipnorm`, `clipvalue`,
+    `gradient_accumulation_steps`, `loss_scale_factor`; nor by a model that
+    overrides `train_step`.
 
     Args:
         learning_rate, beta_1, beta_2, epsilon: as for
@@ -66,9 +68,8 @@ class LazyAdam(keras.optimizers.Adam):
             gathers and scatters. Each round moves this many rows whether
             used or not, so about the number of distinct values a batch
             uses (at most the batch size) is best; fewer means more rounds.
-        sparse_gradients: on jax and torch, let `FLixModel.fit` compute
-            row-sparse table gradients (see above). `False` gives Keras' own
-            step.
+        sparse_gradients: on jax and torch, let `fit` compute row-sparse
+            table gradients (see above). `False` gives Keras' own step.
         **kwargs: the base optimizer's arguments (`weight_decay`,
             `clipnorm`, `name`, ...).
 

@@ -11,7 +11,8 @@ the backend Keras runs on:
   check of ids inside compiled graphs, where the backend has one;
 * `row_sparse_train_step`: the training step whose adapter-table gradients
   are row-sparse (`None` where the backend's own gradients already are),
-  and `unique_rows(rows)`, the distinct rows a batch uses, for it;
+  and `keras_trainer`, the Keras trainer class whose `train_step` it
+  takes the place of (`None` there too);
 * `row_sparse_parts(gradient)`: `(row indices, row values)` of a
   row-sparse gradient, else `None`;
 * `refresh_parameter_registry(layer)`: re-registers a layer's variables
@@ -38,12 +39,12 @@ _backend = importlib.import_module(
 
 assert_in_range_in_graph = _backend.assert_in_range_in_graph
 check_saved_model_export = _backend.check_saved_model_export
+keras_trainer = _backend.keras_trainer
 on_tpu = _backend.on_tpu
 refresh_parameter_registry = _backend.refresh_parameter_registry
 row_sparse_parts = _backend.row_sparse_parts
 row_sparse_train_step = _backend.row_sparse_train_step
 sublayer_attributes = _backend.sublayer_attributes
-unique_rows = _backend.unique_rows
 
 
 def host_value(x):

@@ -5,15 +5,17 @@ The training step's adapter-table gradients are row-sparse.
 Keras' jax trainer differentiates the loss with respect to every trainable
 variable, so the gradient of an adapter table of `n_values` rows is a dense
 tensor of the table's shape, written in full at every step although a batch
-uses at most `batch_size` of its rows (TensorFlow avoids this by itself: the
-gradient of a gather is an `IndexedSlices`). This step gathers the rows each
-table's feature type uses in the batch once, differentiates with respect to
-those rows (FLix layers select from them inside a `gathered_rows_scope`),
-and hands the optimizer each table's gradient as a `BCOO` of those rows.
-Nothing of size `n_values` is written except the rows the optimizer updates.
+uses at most `batch_size` of its rows. This step leaves the tables out of
+what it differentiates and adds, to every selection of a FLix layer, a zero
+of the selection's shape (`[batch, ...]`) that it differentiates instead
+(`selection_route`); the gradient of that zero is the gradient of the rows
+the layer selected. The optimizer gets each table's gradient as a `BCOO` of
+those rows (repeats included; it sums them). Nothing of size `n_values` is
+written except the rows the optimizer updates.
 
-Used by `FLixModel.train_step` when the optimizer asks for it
-(`LazyAdam(sparse_gradients=True)`, the default).
+Used by every model's `train_step` when the optimizer asks for it
+(`LazyAdam(sparse_gradients=True)`, the default; see
+`keras_flix.src.row_sparse_step`).
 """
 
 import jax
@@ -21,6 +23,7 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 from jax.experimental import sparse as jax_sparse
+from keras.src.backend.jax.trainer import JAXTrainer as keras_trainer  # noqa: F401
 
 from keras_flix.src import keras_private
 from keras_flix.src.backend.common import assert_in_range_in_graph  # noqa: F401
@@ -28,43 +31,53 @@ from keras_flix.src.backend.common import check_saved_model_export  # noqa: F401
 from keras_flix.src.backend.common import on_tpu  # noqa: F401
 from keras_flix.src.backend.common import refresh_parameter_registry  # noqa: F401
 from keras_flix.src.backend.common import sublayer_attributes  # noqa: F401
-from keras_flix.src.layers.gathered_rows import gathered_rows_by_table
-from keras_flix.src.layers.gathered_rows import gathered_rows_scope
+from keras_flix.src.layers.selection_route import selection_route
 
 
-def row_sparse_train_step(model, state, data, tables, used):
+def row_sparse_train_step(model, state, data, tables):
     """`keras.Model.train_step` (jax) with row-sparse table gradients.
 
     Args:
-        model: the `FLixModel`.
+        model: the model trained (any model whose trainable variables
+            include FLix adapter tables).
         state: `(trainable, non_trainable, optimizer, metrics)` variable
             values, as Keras' jax trainer passes them.
         data: the batch, `(x, y, sample_weight)` or a prefix of it.
-        tables: `adapter_tables(model)`, index in
-            `model.trainable_variables` -> feature type.
-        used: `used_rows(...)` of the batch, computed with `unique_rows`.
+        tables: `row_sparse_tables(model)`, index in
+            `model.trainable_variables` -> adapter table.
 
     Returns:
         `(logs, state)`, as Keras' jax `train_step` returns them.
     """
     trainable, non_trainable, optimizer_values, metrics_values = state
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    variables = model.trainable_variables
-    differentiated = [
-        jnp.take(value, used[tables[index]][0], axis=0) if index in tables else value
-        for index, value in enumerate(trainable)
-    ]
+    index_of = {id(table): index for index, table in tables.items()}
+    others = [None if index in tables else value for index, value in enumerate(trainable)]
 
-    def loss_and_updates(differentiated):
+    def loss_and_updates(others, zeros):
+        """The loss, Keras' aux values, and every table's selections.
+
+        `zeros`: index -> one zero per selection of that table (in call
+        order), or None to only record what the model selects.
+        """
         values = [
             trainable[index] if index in tables else value
-            for index, value in enumerate(differentiated)
+            for index, value in enumerate(others)
         ]
-        gathered = gathered_rows_by_table(
-            variables, tables, dict(enumerate(differentiated)), used
-        )
-        with gathered_rows_scope(gathered):
-            return model.compute_loss_and_updates(
+        selections = {index: [] for index in tables}
+
+        def route(table, rows, selected):
+            index = index_of.get(id(table))
+            if index is None:  # A frozen table: not differentiated.
+                return selected
+            uses = selections[index]
+            uses.append((rows, selected))
+            if zeros is None:
+                return selected
+            return selected + zeros[index][len(uses) - 1]
+
+        with selection_route(route):
+            loss, aux = model.compute_loss_and_updates(
                 values,
                 non_trainable,
                 metrics_values,
@@ -74,15 +87,20 @@ def row_sparse_train_step(model, state, data, tables, used):
                 training=True,
                 optimizer_variables=optimizer_values,
             )
+        return loss, (aux, selections)
 
-    (_, aux), grads = jax.value_and_grad(loss_and_updates, has_aux=True)(
-        differentiated
-    )
+    # How many selections of what shape the model makes: a trace, no compute.
+    shapes = jax.eval_shape(lambda o: loss_and_updates(o, None), others)[1][1]
+    zeros = {
+        index: [jnp.zeros(selected.shape, selected.dtype) for _, selected in uses]
+        for index, uses in shapes.items()
+    }
+    (_, (aux, selections)), (grads, zero_grads) = jax.value_and_grad(
+        loss_and_updates, argnums=(0, 1), has_aux=True
+    )(others, zeros)
     unscaled_loss, y_pred, non_trainable, metrics_values = aux
     grads = [
-        jax_sparse.BCOO(
-            (grad, used[tables[index]][0][:, None]), shape=trainable[index].shape
-        )
+        _rows_gradient(selections[index], zero_grads[index], trainable[index].shape)
         if index in tables
         else grad
         for index, grad in enumerate(grads)
@@ -96,12 +114,15 @@ def row_sparse_train_step(model, state, data, tables, used):
     return logs, (trainable, non_trainable, optimizer_values, metrics_values)
 
 
-def unique_rows(rows):
-    """The distinct rows of `[batch]` rows, and each example's slot in them."""
-    # A static size keeps shapes fixed under jit: the distinct rows are padded
-    # with copies of the first, which no example's slot points to.
-    unique, slots = jnp.unique(rows, size=rows.shape[0], return_inverse=True)
-    return unique, jnp.reshape(slots, (-1,))
+def _rows_gradient(uses, grads, shape):
+    """A table's gradient as a `BCOO` of the rows its selections used."""
+    if not uses:  # Not selected in this step: a zero row, which is not updated.
+        return jax_sparse.BCOO(
+            (jnp.zeros((1, *shape[1:])), jnp.zeros((1, 1), "int32")), shape=shape
+        )
+    rows = jnp.concatenate([jnp.reshape(rows, (-1,)) for rows, _ in uses])
+    values = jnp.concatenate([jnp.reshape(g, (-1, *shape[1:])) for g in grads])
+    return jax_sparse.BCOO((values, rows[:, None]), shape=shape)
 
 
 def host_value(x):

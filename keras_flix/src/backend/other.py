@@ -10,7 +10,7 @@ from keras_flix.src.backend.common import row_sparse_parts  # noqa: F401
 from keras_flix.src.backend.common import sublayer_attributes  # noqa: F401
 
 row_sparse_train_step = None
-unique_rows = None
+keras_trainer = None
 
 
 def host_value(x):

@@ -10,7 +10,7 @@ from keras_flix.src.backend.common import sublayer_attributes  # noqa: F401
 # The gradient of a gather is an `IndexedSlices` already: Keras' own step
 # gives row-sparse table gradients.
 row_sparse_train_step = None
-unique_rows = None
+keras_trainer = None
 
 
 def host_value(x):

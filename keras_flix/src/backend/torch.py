@@ -1,48 +1,55 @@
 """torch: the row-sparse training step, sparse COO gradients, host values.
 
-The training step is the counterpart of the one in `backend/jax.py`: autograd
-would give every adapter table a dense gradient of the table's shape (zeros
-plus the rows the batch used). This step gathers the rows each table's
-feature type uses in the batch once, as leaf tensors that FLix layers select
-from inside a `gathered_rows_scope`, so backpropagation reaches those rows
-only, and hands the optimizer each table's gradient as a sparse COO tensor
-of them. Used by `FLixModel.train_step` when the optimizer asks for it
-(`LazyAdam(sparse_gradients=True)`, the default).
+The training step is the counterpart of the one in `backend/jax.py`:
+autograd would give every adapter table a dense gradient of the table's
+shape (zeros plus the rows the batch used). Inside this step every
+selection a FLix layer makes is detached from its table and made a leaf
+tensor of its own (`selection_route`), so backpropagation reaches the
+selected rows only, and the optimizer gets each table's gradient as a
+sparse COO tensor of those rows (repeats included; it sums them). Used by
+every model's `train_step` when the optimizer asks for it
+(`LazyAdam(sparse_gradients=True)`, the default; see
+`keras_flix.src.row_sparse_step`).
 """
 
 import importlib.util
 
 import keras
 import torch
+from keras.src.backend.torch.trainer import TorchTrainer as keras_trainer  # noqa: F401
 
 from keras_flix.src import keras_private
 from keras_flix.src.backend.common import assert_in_range_in_graph  # noqa: F401
 from keras_flix.src.backend.common import on_tpu  # noqa: F401
-from keras_flix.src.layers.gathered_rows import gathered_rows_by_table
-from keras_flix.src.layers.gathered_rows import gathered_rows_scope
+from keras_flix.src.layers.selection_route import selection_route
 
 
-def row_sparse_train_step(model, data, tables, used):
+def row_sparse_train_step(model, data, tables):
     """`keras.Model.train_step` (torch) with row-sparse table gradients.
 
     Args:
-        model: the `FLixModel`.
+        model: the model trained (any model whose trainable variables
+            include FLix adapter tables).
         data: the batch, `(x, y, sample_weight)` or a prefix of it.
-        tables: `adapter_tables(model)`, index in
-            `model.trainable_variables` -> feature type.
-        used: `used_rows(...)` of the batch, computed with `unique_rows`.
+        tables: `row_sparse_tables(model)`, index in
+            `model.trainable_variables` -> adapter table.
 
     Returns:
         The metrics' results, as Keras' torch `train_step` returns them.
     """
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    variables = model.trainable_variables
-    gathered_rows = {
-        index: variables[index].value.detach()[used[feature_type][0]].requires_grad_()
-        for index, feature_type in tables.items()
-    }
-    gathered = gathered_rows_by_table(variables, tables, gathered_rows, used)
-    with gathered_rows_scope(gathered):
+    index_of = {id(table): index for index, table in tables.items()}
+    selections = {index: [] for index in tables}
+
+    def route(table, rows, selected):
+        index = index_of.get(id(table))
+        if index is None:  # A frozen table: nothing to differentiate.
+            return selected
+        leaf = selected.detach().requires_grad_()
+        selections[index].append((rows, leaf))
+        return leaf
+
+    with selection_route(route):
         y_pred = model(x, training=True)
     model.zero_grad()
     loss = keras_private.compute_loss(
@@ -53,26 +60,28 @@ def row_sparse_train_step(model, data, tables, used):
         sample_weight=next(i for i in keras.tree.flatten(x) if i is not None).shape[0],
     )
     model.optimizer.scale_loss(loss).backward()
-    grads = []
-    for index, variable in enumerate(variables):
-        if index not in tables:
-            grads.append(variable.value.grad)
-            continue
-        grad = gathered_rows[index].grad
-        grads.append(
-            None
-            if grad is None
-            else torch.sparse_coo_tensor(
-                used[tables[index]][0][None],
-                grad,
-                tuple(variable.shape),
-                is_coalesced=True,  # `torch.unique`'s rows: sorted, distinct
-                check_invariants=False,
-            )
-        )
+    variables = model.trainable_variables
+    grads = [
+        _rows_gradient(selections[index], variable.shape)
+        if index in tables
+        else variable.value.grad
+        for index, variable in enumerate(variables)
+    ]
     with torch.no_grad():
         model.optimizer.apply(grads, variables)
     return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+
+def _rows_gradient(uses, shape):
+    """A table's gradient as a sparse COO tensor of its selected rows."""
+    uses = [(rows, leaf.grad) for rows, leaf in uses if leaf.grad is not None]
+    if not uses:
+        return None
+    rows = torch.cat([rows.reshape(-1) for rows, _ in uses])
+    values = torch.cat([grad.reshape(-1, *shape[1:]) for _, grad in uses])
+    return torch.sparse_coo_tensor(
+        rows[None].long(), values, tuple(shape), check_invariants=False
+    )
 
 
 def host_value(x):
@@ -113,8 +122,3 @@ def check_saved_model_export():
             "and export it from a process with KERAS_BACKEND=jax or "
             "tensorflow: .keras files load on every backend."
         )
-
-
-def unique_rows(rows):
-    """The distinct rows of `[batch]` rows, and each example's slot in them."""
-    return torch.unique(rows, return_inverse=True)

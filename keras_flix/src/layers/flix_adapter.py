@@ -15,13 +15,13 @@ from keras_flix.src.inputs import is_all_absent
 from keras_flix.src.inputs import standardize_feature_ids
 from keras_flix.src.feature_scope import current_feature_ids
 from keras_flix.src.feature_scope import feature_scope
-from keras_flix.src.layers.gathered_rows import gathered_rows_of
 from keras_flix.src.layers.initializers import AdapterAInitializer
 from keras_flix.src.layers.selection import adapter_rows
 from keras_flix.src.layers.selection import check_compute_path
 from keras_flix.src.layers.selection import positions_per_example
 from keras_flix.src.layers.selection import resolve_compute_path
 from keras_flix.src.layers.selection import select_rows
+from keras_flix.src.layers.selection_route import routed
 from keras_flix.src.schema import FeatureSchema
 
 class FLixAdapter:
@@ -298,25 +298,11 @@ class FLixAdapter:
             type_gate = gate[:, column]
             table_a = self.adapter_a[feature_type]
             table_b = self.adapter_b[feature_type]
-            gathered_a = gathered_rows_of(table_a)
-            gathered_b = gathered_rows_of(table_b)
-            if gathered_a is None or gathered_b is None:
-                path = resolve_compute_path(
-                    self.compute_path, int(num_values[column]), positions
-                )
-                a = select_rows(table_a, type_rows, path)
-                b = select_rows(table_b, type_rows, path)
-            else:
-                a = ops.take(gathered_a.values, gathered_a.slots, axis=0)
-                b = ops.take(gathered_b.values, gathered_b.slots, axis=0)
-                # The rows were gathered for the model's ids; an example whose
-                # active feature here selects another row gets NaN, never
-                # another value's adapter.
-                agrees = ops.logical_or(
-                    ops.equal(type_rows, gathered_a.rows),
-                    ops.logical_not(present[:, column]),
-                )
-                type_gate = ops.where(agrees, type_gate, math.nan)
+            path = resolve_compute_path(
+                self.compute_path, int(num_values[column]), positions
+            )
+            a = routed(table_a, type_rows, select_rows(table_a, type_rows, path))
+            b = routed(table_b, type_rows, select_rows(table_b, type_rows, path))
             # The scale (0 when absent, NaN when out of range) goes on the
             # small selected `A`, which XLA fuses into the selection.
             a_parts.append(ops.multiply(a, type_gate[:, None, None]))
