@@ -336,7 +336,34 @@ def run_client(spec, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def hidden_states(outputs):
+def export_both_ways(model, tmp_path):
+    """Adapter sets for the client: SW_QA as one adapter, and as feature adapters."""
+    kf.export_peft(model, SW_QA, tmp_path / "sw_qa")
+    kf.export_peft_features(model, tmp_path / "features")
+    features = tmp_path / "features"
+    return {
+        "combination": [str(tmp_path / "sw_qa")],
+        "features": [str(features / "language_sw"), str(features / "task_qa")],
+    }
+
+
+def hf_hidden_states(folder, inputs, adapters, tmp_path, **spec):
+    """The client's last hidden states: `"base"` and one per adapter set."""
+    np.savez(tmp_path / "inputs.npz", **{k: v.astype("int64") for k, v in inputs.items()})
+    outputs = {
+        "model": folder,
+        "inputs": str(tmp_path / "inputs.npz"),
+        "path": str(tmp_path / "outputs.npz"),
+        "adapters": adapters,
+    }
+    run_client({**spec, "outputs": outputs}, tmp_path)
+    return np.load(tmp_path / "outputs.npz")
+
+
+def flix_hidden_states(model, inputs, combination):
+    """The FLix model's last hidden states with every example in `combination`."""
+    ids = np.tile(SCHEMA.encode(combination), (len(inputs["token_ids"]), 1))
+    outputs = model({**inputs, "feature_ids": ids})
     return to_numpy(outputs["sequence_output"] if isinstance(outputs, dict) else outputs)
 
 
@@ -362,52 +389,32 @@ def test_peft_loads_minilm_adapters_and_flix_imports_a_peft_lora(tmp_path):
                    "feedforward_intermediate_dense", "feedforward_output_dense"]
     model = kf.retrofit(backbone, SCHEMA, rank=RANKS, alpha=ALPHAS, target_layers=projections)
     randomize_adapters(model, scale=0.05)
-    kf.export_peft(model, SW_QA, tmp_path / "sw_qa", base_model_name_or_path=folder)
-    kf.export_peft_features(model, tmp_path / "features")
+    adapters = export_both_ways(model, tmp_path)
     rng = np.random.default_rng(0)
     inputs = {
         "token_ids": rng.integers(1000, 5000, (2, 10)).astype("int32"),
         "segment_ids": np.zeros((2, 10), "int32"),
         "padding_mask": np.ones((2, 10), "int32"),
     }
-    np.savez(
-        tmp_path / "inputs.npz",
-        input_ids=inputs["token_ids"].astype("int64"),
-        token_type_ids=inputs["segment_ids"].astype("int64"),
-        attention_mask=inputs["padding_mask"].astype("int64"),
-    )
     community = str(tmp_path / "community")
-    run_client(
-        {
-            "random_adapters": [
-                {"model": folder, "directory": community, "r": 2, "lora_alpha": 8,
-                 "target_modules": ["query", "value"]}
-            ],
-            "outputs": {
-                "model": folder,
-                "inputs": str(tmp_path / "inputs.npz"),
-                "path": str(tmp_path / "outputs.npz"),
-                "adapters": {
-                    "combination": [str(tmp_path / "sw_qa")],
-                    "features": [str(tmp_path / "features" / "language_sw"),
-                                 str(tmp_path / "features" / "task_qa")],
-                    "community": [community],
-                },
-            },
-        },
+    hf = hf_hidden_states(
+        folder,
+        {"input_ids": inputs["token_ids"], "token_type_ids": inputs["segment_ids"],
+         "attention_mask": inputs["padding_mask"]},
+        {**adapters, "community": [community]},
         tmp_path,
+        random_adapters=[
+            {"model": folder, "directory": community, "r": 2, "lora_alpha": 8,
+             "target_modules": ["query", "value"]}
+        ],
     )
-    hf = np.load(tmp_path / "outputs.npz")
-
-    def flix(combination):
-        ids = np.tile(SCHEMA.encode(combination), (2, 1))
-        return hidden_states(model({**inputs, "feature_ids": ids}))
-
-    base = flix({})
-    assert_same_effect(flix(SW_QA) - base, hf["combination"] - hf["base"], MINILM_TOLERANCE)
-    assert_same_effect(flix(SW_QA) - base, hf["features"] - hf["base"], MINILM_TOLERANCE)
+    base = flix_hidden_states(model, inputs, {})
+    delta = flix_hidden_states(model, inputs, SW_QA) - base
+    assert_same_effect(delta, hf["combination"] - hf["base"], MINILM_TOLERANCE)
+    assert_same_effect(delta, hf["features"] - hf["base"], MINILM_TOLERANCE)
     kf.import_peft(model, community, feature=("language", "de"))
-    assert_same_effect(flix({"language": "de"}) - base, hf["community"] - hf["base"], MINILM_TOLERANCE)
+    delta = flix_hidden_states(model, inputs, {"language": "de"}) - base
+    assert_same_effect(delta, hf["community"] - hf["base"], MINILM_TOLERANCE)
 
 
 @pytest.fixture(scope="module")
@@ -429,38 +436,18 @@ def test_peft_loads_decoder_adapters(family, decoder_checkpoints, tmp_path):
         targets.append("key")
     model = kf.retrofit(backbone, SCHEMA, rank=RANKS, alpha=ALPHAS, target_layers=targets)
     randomize_adapters(model, scale=0.1)
-    kf.export_peft(model, SW_QA, tmp_path / "sw_qa")
-    kf.export_peft_features(model, tmp_path / "features")
+    adapters = export_both_ways(model, tmp_path)
     rng = np.random.default_rng(0)
     inputs = {
         "token_ids": rng.integers(0, 64, (2, 8)).astype("int32"),
         "padding_mask": np.ones((2, 8), "int32"),
     }
-    np.savez(
-        tmp_path / "inputs.npz",
-        input_ids=inputs["token_ids"].astype("int64"),
-        attention_mask=inputs["padding_mask"].astype("int64"),
-    )
-    run_client(
-        {
-            "outputs": {
-                "model": folder,
-                "inputs": str(tmp_path / "inputs.npz"),
-                "path": str(tmp_path / "outputs.npz"),
-                "adapters": {
-                    "combination": [str(tmp_path / "sw_qa")],
-                    "features": [str(tmp_path / "features" / "language_sw"),
-                                 str(tmp_path / "features" / "task_qa")],
-                },
-            },
-        },
+    hf = hf_hidden_states(
+        folder,
+        {"input_ids": inputs["token_ids"], "attention_mask": inputs["padding_mask"]},
+        adapters,
         tmp_path,
     )
-    hf = np.load(tmp_path / "outputs.npz")
-    ids = np.tile(SCHEMA.encode(SW_QA), (2, 1))
-    absent = np.full_like(ids, kf.ABSENT)
-    delta = hidden_states(model({**inputs, "feature_ids": ids})) - hidden_states(
-        model({**inputs, "feature_ids": absent})
-    )
+    delta = flix_hidden_states(model, inputs, SW_QA) - flix_hidden_states(model, inputs, {})
     assert_same_effect(delta, hf["combination"] - hf["base"], DECODER_TOLERANCE)
     assert_same_effect(delta, hf["features"] - hf["base"], DECODER_TOLERANCE)
