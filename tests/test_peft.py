@@ -27,8 +27,17 @@ from safetensors.numpy import load_file
 
 import keras_flix as kf
 
-MINILM_TOLERANCE = 2e-2  # of the change; measured 0.3 %
-DECODER_TOLERANCE = 1e-4  # measured 1e-6
+# Relative to the change the adapters make (see assert_same_effect).
+MINILM_TOLERANCE = 2e-2  # measured 0.3 %
+DECODER_TOLERANCES = {
+    "gpt2": 1e-4,  # measured 1e-6, like llama, qwen2 and gemma
+    "llama": 1e-4,
+    # KerasHub's Mistral converter rounds the base weights to float16.
+    "mistral": 2e-3,  # measured 3e-4
+    "qwen2": 1e-4,
+    "gemma": 1e-4,
+}
+DECODERS = tuple(DECODER_TOLERANCES)
 CLIENT = os.path.join(os.path.dirname(__file__), "hf_client", "peft_client.py")
 SW_QA = {"language": "sw", "task": "qa"}
 
@@ -372,8 +381,7 @@ def assert_same_effect(keras_delta, hf_delta, tolerance):
 
     Compared relative to the change's size: a wrong module name or weight
     layout would change the outputs completely, while KerasHub and
-    transformers differ only a little in base numerics (MiniLM: 0.3 % of
-    the change; the tiny random decoders: 1e-6).
+    transformers differ only a little in base numerics.
     """
     assert np.abs(keras_delta).max() > 0.05
     error = np.linalg.norm(keras_delta - hf_delta) / np.linalg.norm(keras_delta)
@@ -420,13 +428,13 @@ def test_peft_loads_minilm_adapters_and_flix_imports_a_peft_lora(tmp_path):
 @pytest.fixture(scope="module")
 def decoder_checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("checkpoints")
-    folders = {family: str(root / family) for family in ("gpt2", "llama", "gemma")}
+    folders = {family: str(root / family) for family in DECODERS}
     run_client({"checkpoints": folders}, root)
     return folders
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma"])
+@pytest.mark.parametrize("family", DECODERS)
 def test_peft_loads_decoder_adapters(family, decoder_checkpoints, tmp_path):
     folder = decoder_checkpoints[family]
     backbone = keras_hub.models.Backbone.from_preset(folder)
@@ -449,5 +457,5 @@ def test_peft_loads_decoder_adapters(family, decoder_checkpoints, tmp_path):
         tmp_path,
     )
     delta = flix_hidden_states(model, inputs, SW_QA) - flix_hidden_states(model, inputs, {})
-    assert_same_effect(delta, hf["combination"] - hf["base"], DECODER_TOLERANCE)
-    assert_same_effect(delta, hf["features"] - hf["base"], DECODER_TOLERANCE)
+    assert_same_effect(delta, hf["combination"] - hf["base"], DECODER_TOLERANCES[family])
+    assert_same_effect(delta, hf["features"] - hf["base"], DECODER_TOLERANCES[family])

@@ -9,7 +9,8 @@ multi-LoRA server gets from the exported files.
 runs the sections of the JSON spec that are present, in this order:
 
 * `"checkpoints"`: `{family: folder}`: saves a tiny random Hugging Face
-  causal LM of each family (`gpt2`, `llama`, `gemma`) with
+  causal LM of each family (`gpt2`, `llama`, `mistral`, `qwen2`,
+  `gemma`) with
   `save_pretrained`.
 * `"random_adapters"`: a list of `{"model": folder, "directory": d,
   **LoraConfig arguments}`: saves a PEFT LoRA of random (nonzero) weights,
@@ -38,6 +39,16 @@ CONFIGS = {
         vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=2
     ),
     "llama": lambda: transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=16,
+    ),
+    "mistral": lambda: transformers.MistralConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=16,
+    ),
+    "qwen2": lambda: transformers.Qwen2Config(
         vocab_size=64, hidden_size=32, intermediate_size=64,
         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
         max_position_embeddings=16,
