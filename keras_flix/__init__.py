@@ -17,6 +17,9 @@ from keras_flix.src.inputs import ABSENT
 from keras_flix.src.inputs import FEATURE_IDS_KEY
 from keras_flix.src.inputs import INPUTS_KEY
 from keras_flix.src.merging import merge
+from keras_flix.src.peft.export import export_peft
+from keras_flix.src.peft.export import export_peft_features
+from keras_flix.src.peft.importing import import_peft
 from keras_flix.src.retrofit import retrofit
 from keras_flix.src.schema import FeatureSchema
 from keras_flix.src.summary import summary
@@ -39,8 +42,11 @@ __all__ = [
     "INPUTS_KEY",
     "current_feature_ids",
     "data",
+    "export_peft",
+    "export_peft_features",
     "export_saved_model",
     "feature_scope",
+    "import_peft",
     "layers",
     "layout_map",
     "load_adapters",

@@ -105,20 +105,11 @@ def _without_flix(config):
 
 def _enable_lora(target, layer, ids):
     """Gives `target` the Keras LoRA that equals `layer`'s update for `ids`."""
-    parts_a, parts_b = [], []
-    for feature_type, value in zip(layer.schema.feature_types, ids):
-        if value < 0:
-            continue
-        parts_a.append(keras.ops.convert_to_numpy(layer.adapter_a[feature_type][value]))
-        parts_b.append(
-            layer.scales[feature_type]
-            * keras.ops.convert_to_numpy(layer.adapter_b[feature_type][value])
-        )
-    if not parts_a:
+    factors = layer.combination_factors(ids)
+    if factors is None:
         return  # Every feature absent: the base layer as it is.
     a, b = _keras_lora_factors(
-        np.concatenate(parts_a, axis=1),
-        np.concatenate(parts_b, axis=0),
+        *factors,
         tuple(layer.base_kernel.shape),
         *layer.kernel_axes,
     )

@@ -351,6 +351,35 @@ class FLixAdapter:
             kernel = kernel + ops.cast(update, kernel.dtype)
         return kernel
 
+    def combination_factors(self, feature_ids):
+        """One combination's update as a single low-rank product.
+
+        Args:
+            feature_ids: a dict of feature values or a sequence of
+                `len(schema.feature_types)` ids (`-1` = absent): one
+                combination.
+
+        Returns:
+            `(a, b)`, NumPy arrays `[d_in, R]` and `[R, d_out]` whose product
+            is `sum_t s_t * A_t[f_t] @ B_t[f_t]` over the active features:
+            the `A`s concatenated along the rank axis (`R = sum_t r_t`) and
+            the `B`s scaled by their `s_t` and stacked in the same order
+            (exact). `None` when every feature is absent.
+        """
+        ids = self.schema.encode_checked(feature_ids)
+        parts_a, parts_b = [], []
+        for feature_type, value in zip(self.schema.feature_types, ids):
+            if value < 0:
+                continue
+            parts_a.append(ops.convert_to_numpy(self.adapter_a[feature_type][value]))
+            parts_b.append(
+                self.scales[feature_type]
+                * ops.convert_to_numpy(self.adapter_b[feature_type][value])
+            )
+        if not parts_a:
+            return None
+        return np.concatenate(parts_a, axis=1), np.concatenate(parts_b, axis=0)
+
     def enable_lora(self, *args, **kwargs):
         raise NotImplementedError(
             f"{type(self).__name__} '{self.name}' already carries FLix "

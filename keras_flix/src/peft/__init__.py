@@ -1,0 +1,1 @@
+"""Hugging Face PEFT interoperability: FLix adapters as PEFT LoRA adapters and back."""
