@@ -148,3 +148,86 @@ def tiny_classifier(num_classes=2, seed=0):
     return keras_hub.models.BertTextClassifier(
         backbone, num_classes=num_classes, preprocessor=preprocessor
     )
+
+
+LETTERS = "abcdefgh"
+"""The alphabet of `letter_preprocessor`'s tokenizer."""
+
+
+def tiny_gpt2(preprocessor=None, seed=0):
+    keras.utils.set_random_seed(seed)
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=len(LETTERS) + 2 if preprocessor else 40,
+        num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=64,
+        max_sequence_length=16,
+    )
+    causal_lm = keras_hub.models.GPT2CausalLM(backbone, preprocessor=preprocessor)
+    causal_lm.compile(sampler="greedy")
+    return causal_lm
+
+
+def letter_preprocessor(sequence_length=12):
+    vocabulary = {"<|endoftext|>": 0, **{c: i + 1 for i, c in enumerate(LETTERS)}}
+    vocabulary["gh"] = len(vocabulary)
+    tokenizer = keras_hub.models.GPT2Tokenizer(vocabulary=vocabulary, merges=["g h"])
+    return keras_hub.models.GPT2CausalLMPreprocessor(tokenizer, sequence_length=sequence_length)
+
+
+def tiny_causal_lm(family, seed=0):
+    if family == "gpt2":
+        return tiny_gpt2(seed=seed)
+    keras.utils.set_random_seed(seed)
+    small = dict(vocabulary_size=40, num_layers=2, hidden_dim=32, intermediate_dim=64)
+    if family == "gemma":
+        backbone = keras_hub.models.GemmaBackbone(
+            num_query_heads=2, num_key_value_heads=1, head_dim=16, **small
+        )
+        causal_lm = keras_hub.models.GemmaCausalLM(backbone, preprocessor=None)
+    else:
+        backbone = keras_hub.models.LlamaBackbone(
+            num_query_heads=2, num_key_value_heads=1, **small
+        )
+        causal_lm = keras_hub.models.LlamaCausalLM(backbone, preprocessor=None)
+    causal_lm.compile(sampler="greedy")
+    return causal_lm
+
+
+def tiny_bart(preprocessor=None, seed=0):
+    keras.utils.set_random_seed(seed)
+    backbone = keras_hub.models.BartBackbone(
+        vocabulary_size=40, num_layers=1, num_heads=2, hidden_dim=32,
+        intermediate_dim=64, max_sequence_length=12,
+    )
+    seq2seq = keras_hub.models.BartSeq2SeqLM(backbone, preprocessor=preprocessor)
+    seq2seq.compile(sampler="greedy")
+    return seq2seq
+
+
+def token_inputs(specs, batch, lengths, seed=0):
+    """Random inputs for a KerasHub model's token inputs.
+
+    Args:
+        specs: the model's inputs (e.g. `model.input`), a dict of name to
+            a tensor with a `dtype`.
+        batch: the batch size.
+        lengths: the sequence length, or a dict from input-name prefix
+            (`"encoder_"`, `"decoder_"`) to it.
+
+    Returns:
+        A dict of NumPy arrays: token ids in `[1, 40)`, padding masks with
+        the last position of every other example padded, zero segment ids.
+    """
+    rng = np.random.default_rng(seed)
+    inputs = {}
+    for name, spec in specs.items():
+        prefix = name.split("_")[0] + "_" if name.startswith(("encoder_", "decoder_")) else ""
+        length = lengths[prefix] if isinstance(lengths, dict) else lengths
+        if name.endswith("token_ids"):
+            value = rng.integers(1, 40, (batch, length))
+        elif name.endswith("padding_mask"):
+            value = np.ones((batch, length))
+            value[::2, -1] = 0
+        else:
+            value = np.zeros((batch, length))
+        inputs[name] = value.astype(keras.backend.standardize_dtype(spec.dtype))
+    return inputs

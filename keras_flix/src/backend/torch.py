@@ -17,7 +17,9 @@ import torch
 
 from keras_flix.src import keras_private
 from keras_flix.src.backend.common import assert_in_range_in_graph  # noqa: F401
+from keras_flix.src.backend.common import DYNAMIC_SHAPE_ERRORS  # noqa: F401
 from keras_flix.src.backend.common import on_tpu  # noqa: F401
+from keras_flix.src.backend.common import saved_model_endpoint_options  # noqa: F401
 from keras_flix.src.layers.gathered_rows import gathered_rows_by_table
 from keras_flix.src.layers.gathered_rows import gathered_rows_scope
 
