@@ -35,6 +35,7 @@ RELIED_ON = (
     ("Operation", "_outbound_nodes", None, "rewiring a Functional graph"),
     ("KerasTensor", "_keras_history", None, "rewiring a Functional graph"),
     ("Sequential", "_functional", None, "the graph a Sequential model hides"),
+    ("Model", "_compile_config", None, "compiling as a task's compile resolved"),
     ("Model", "_compute_loss", ("torch",), "the row-sparse training step"),
     ("Model", "_loss_tracker", ("torch",), "the row-sparse training step"),
     ("Model", "_update_metrics_variables", ("jax",), "the row-sparse training step"),
@@ -71,6 +72,15 @@ def kernel(layer):
 def set_kernel(layer, variable):
     """Makes `variable` the kernel of a `Dense` / `EinsumDense` layer."""
     layer._kernel = variable
+
+
+def compile_arguments(model):
+    """The arguments `keras.Model.compile` last received for `model`.
+
+    For a KerasHub task these are the task's `"auto"` defaults resolved
+    (the optimizer, loss and metrics objects themselves, not copies).
+    """
+    return dict(model._compile_config.config)
 
 
 def sequential_graph(attributes):
