@@ -4,7 +4,8 @@ Retrofits a small KerasHub BERT backbone (random weights), exports it with
 `keras_flix.export_saved_model`, then reloads the SavedModel with TensorFlow
 alone and queries both signatures with a batch that mixes feature
 combinations: `serving_default` with feature names as strings, `serve_ids`
-with feature ids.
+with feature ids. The export fixes no size: the same SavedModel serves any
+batch size and any sequence length up to the backbone's maximum.
 
 Run with KERAS_BACKEND=jax or tensorflow:
     python examples/export_serving.py [--output DIR]
@@ -37,24 +38,20 @@ def export(directory):
         max_sequence_length=SEQUENCE_LENGTH,
     )
     model = kf.retrofit(backbone, schema, rank=4)
-    inputs = {
-        name: keras.InputSpec(shape=(None, SEQUENCE_LENGTH), dtype="int32")
-        for name in ("token_ids", "segment_ids", "padding_mask")
-    }
-    kf.export_saved_model(model, directory, input_signature=inputs)
+    kf.export_saved_model(model, directory)
     return model, schema
 
 
-def query(directory, schema, model=None):
-    """Queries the SavedModel with TensorFlow only."""
+def query(directory, schema, model=None, length=SEQUENCE_LENGTH):
+    """Queries the SavedModel with TensorFlow only, at a sequence length."""
     import tensorflow as tf
 
     served = tf.saved_model.load(directory)
     rng = np.random.default_rng(0)
     batch = {
-        "token_ids": tf.constant(rng.integers(1, 100, (4, SEQUENCE_LENGTH)), tf.int32),
-        "segment_ids": tf.zeros((4, SEQUENCE_LENGTH), tf.int32),
-        "padding_mask": tf.ones((4, SEQUENCE_LENGTH), tf.int32),
+        "token_ids": tf.constant(rng.integers(1, 100, (4, length)), tf.int32),
+        "segment_ids": tf.zeros((4, length), tf.int32),
+        "padding_mask": tf.ones((4, length), tf.int32),
     }
     # Mixed combinations; "" and the unknown "yo" are absent (unknown="absent").
     languages = tf.constant(["sw", "en", "", "yo"])
@@ -75,7 +72,7 @@ def query(directory, schema, model=None):
             pooled, keras.ops.convert_to_numpy(expected["pooled_output"]), atol=1e-5
         )
     print("signatures:", sorted(served.signatures))
-    print("pooled_output[:, :4] =\n", np.round(pooled[:, :4], 4))
+    print(f"length {length}: pooled_output[:, :4] =\n", np.round(pooled[:, :4], 4))
     return pooled
 
 
@@ -86,7 +83,8 @@ def main():
     directory = args.output or os.path.join(tempfile.mkdtemp(), "flix_saved_model")
     model, schema = export(directory)
     print(f"Exported to {directory}")
-    query(directory, schema, model)
+    for length in (SEQUENCE_LENGTH, SEQUENCE_LENGTH // 2):
+        query(directory, schema, model, length)
 
 
 if __name__ == "__main__":

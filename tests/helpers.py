@@ -148,3 +148,144 @@ def tiny_classifier(num_classes=2, seed=0):
     return keras_hub.models.BertTextClassifier(
         backbone, num_classes=num_classes, preprocessor=preprocessor
     )
+
+
+LETTERS = "abcdefgh"
+"""The alphabet of `letter_preprocessor`'s tokenizer."""
+
+
+def tiny_gpt2(preprocessor=None, seed=0):
+    keras.utils.set_random_seed(seed)
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=len(LETTERS) + 2 if preprocessor else 40,
+        num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=64,
+        max_sequence_length=16,
+    )
+    causal_lm = keras_hub.models.GPT2CausalLM(backbone, preprocessor=preprocessor)
+    causal_lm.compile(sampler="greedy")
+    return causal_lm
+
+
+def letter_preprocessor(sequence_length=12):
+    vocabulary = {"<|endoftext|>": 0, **{c: i + 1 for i, c in enumerate(LETTERS)}}
+    vocabulary["gh"] = len(vocabulary)
+    tokenizer = keras_hub.models.GPT2Tokenizer(vocabulary=vocabulary, merges=["g h"])
+    return keras_hub.models.GPT2CausalLMPreprocessor(tokenizer, sequence_length=sequence_length)
+
+
+def letter_sentences(count=64, length=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return ["".join(rng.choice(list(LETTERS), length)) for _ in range(count)]
+
+
+def letter_sentencepiece(**special_pieces):
+    """A tiny SentencePiece model of `LETTERS` words (Gemma, Llama tokenizers)."""
+    import io
+
+    import sentencepiece
+
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(letter_sentences(seed=1)), model_writer=model,
+        vocab_size=20, model_type="BPE", character_coverage=1.0, minloglevel=2,
+        **special_pieces,
+    )
+    return model.getvalue()
+
+
+def causal_lm_preprocessor(family, sequence_length=12):
+    """A CausalLM preprocessor of `family` with a tokenizer of `LETTERS`."""
+    if family == "gpt2":
+        return letter_preprocessor(sequence_length)
+    if family == "gemma":
+        tokenizer = keras_hub.models.GemmaTokenizer(proto=letter_sentencepiece(
+            pad_id=0, bos_id=1, eos_id=2, unk_id=3, pad_piece="<pad>",
+            bos_piece="<bos>", eos_piece="<eos>", unk_piece="<unk>"))
+        return keras_hub.models.GemmaCausalLMPreprocessor(tokenizer, sequence_length=sequence_length)
+    tokenizer = keras_hub.models.LlamaTokenizer(
+        proto=letter_sentencepiece(unk_id=0, bos_id=1, eos_id=2, pad_id=-1)
+    )
+    return keras_hub.models.LlamaCausalLMPreprocessor(tokenizer, sequence_length=sequence_length)
+
+
+def tiny_causal_lm(family, seed=0, with_preprocessor=False):
+    """A tiny GPT-2, Gemma or Llama CausalLM, compiled with the greedy sampler.
+
+    Without a preprocessor its vocabulary has 40 tokens; with one, the
+    tokenizer's vocabulary of `LETTERS`.
+    """
+    preprocessor = causal_lm_preprocessor(family) if with_preprocessor else None
+    if family == "gpt2":
+        return tiny_gpt2(preprocessor, seed=seed)
+    keras.utils.set_random_seed(seed)
+    small = dict(
+        vocabulary_size=preprocessor.tokenizer.vocabulary_size() if preprocessor else 40,
+        num_layers=2, hidden_dim=32, intermediate_dim=64,
+    )
+    if family == "gemma":
+        backbone = keras_hub.models.GemmaBackbone(
+            num_query_heads=2, num_key_value_heads=1, head_dim=16, **small
+        )
+        causal_lm = keras_hub.models.GemmaCausalLM(backbone, preprocessor=preprocessor)
+    else:
+        backbone = keras_hub.models.LlamaBackbone(
+            num_query_heads=2, num_key_value_heads=1, **small
+        )
+        causal_lm = keras_hub.models.LlamaCausalLM(backbone, preprocessor=preprocessor)
+    causal_lm.compile(sampler="greedy")
+    return causal_lm
+
+
+def bart_preprocessor():
+    """A BART Seq2SeqLM preprocessor with a byte-pair tokenizer of `LETTERS`."""
+    vocabulary = {"<s>": 0, "<pad>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(LETTERS)}}
+    vocabulary["gh"] = len(vocabulary)
+    vocabulary["<mask>"] = len(vocabulary)
+    tokenizer = keras_hub.models.BartTokenizer(vocabulary=vocabulary, merges=["g h"])
+    return keras_hub.models.BartSeq2SeqLMPreprocessor(
+        tokenizer, encoder_sequence_length=10, decoder_sequence_length=8
+    )
+
+
+def tiny_bart(seed=0, with_preprocessor=False):
+    """A tiny BART Seq2SeqLM, compiled with the greedy sampler."""
+    preprocessor = bart_preprocessor() if with_preprocessor else None
+    keras.utils.set_random_seed(seed)
+    backbone = keras_hub.models.BartBackbone(
+        vocabulary_size=preprocessor.tokenizer.vocabulary_size() if preprocessor else 40,
+        num_layers=1, num_heads=2, hidden_dim=32, intermediate_dim=64,
+        max_sequence_length=12,
+    )
+    seq2seq = keras_hub.models.BartSeq2SeqLM(backbone, preprocessor=preprocessor)
+    seq2seq.compile(sampler="greedy")
+    return seq2seq
+
+
+def token_inputs(specs, batch, lengths, seed=0):
+    """Random inputs for a KerasHub model's token inputs.
+
+    Args:
+        specs: the model's inputs (e.g. `model.input`), a dict of name to
+            a tensor with a `dtype`.
+        batch: the batch size.
+        lengths: the sequence length, or a dict from input-name prefix
+            (`"encoder_"`, `"decoder_"`) to it.
+
+    Returns:
+        A dict of NumPy arrays: token ids in `[1, 40)`, padding masks with
+        the last position of every other example padded, zero segment ids.
+    """
+    rng = np.random.default_rng(seed)
+    inputs = {}
+    for name, spec in specs.items():
+        prefix = name.split("_")[0] + "_" if name.startswith(("encoder_", "decoder_")) else ""
+        length = lengths[prefix] if isinstance(lengths, dict) else lengths
+        if name.endswith("token_ids"):
+            value = rng.integers(1, 40, (batch, length))
+        elif name.endswith("padding_mask"):
+            value = np.ones((batch, length))
+            value[::2, -1] = 0
+        else:
+            value = np.zeros((batch, length))
+        inputs[name] = value.astype(keras.backend.standardize_dtype(spec.dtype))
+    return inputs

@@ -9,8 +9,11 @@ from helpers import MIXED_IDS
 from helpers import SCHEMA
 from helpers import bert_inputs
 from helpers import randomize_adapters
+from helpers import tiny_bart
 from helpers import tiny_bert
+from helpers import tiny_causal_lm
 from helpers import to_numpy
+from helpers import token_inputs
 
 import keras_flix as kf
 
@@ -119,6 +122,65 @@ def test_export_example_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["export_serving.py", "--output", str(tmp_path / "sm")])
     runpy.run_path(example, run_name="__main__")
     assert os.path.exists(tmp_path / "sm" / "saved_model.pb")
+
+
+DYNAMIC_MODELS = {
+    "bert_backbone": tiny_bert,  # max_sequence_length 12
+    "gpt2_causal_lm": lambda: tiny_causal_lm("gpt2"),  # 16
+    "llama_causal_lm": lambda: tiny_causal_lm("llama"),  # rotary: no maximum
+    "bart_seq2seq": tiny_bart,  # 12, encoder and decoder lengths apart
+}
+# (batch, sequence length or lengths by input prefix): two of each.
+SIZES = [(6, {"": 12, "encoder_": 12, "decoder_": 3}), (3, {"": 5, "encoder_": 4, "decoder_": 9})]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(DYNAMIC_MODELS))
+def test_export_without_signature_serves_any_batch_and_length(name, tmp_path):
+    import tensorflow as tf
+
+    model = kf.retrofit(DYNAMIC_MODELS[name](), SCHEMA, rank=2, target_layers=[".*"])
+    randomize_adapters(model)
+    kf.export_saved_model(model, tmp_path / "saved_model")
+    served = tf.saved_model.load(str(tmp_path / "saved_model"))
+    for batch, lengths in SIZES:
+        x = token_inputs(model.base_model.input, batch, lengths)
+        ids = MIXED_IDS[:batch]
+        expected = [to_numpy(y) for y in keras.tree.flatten(model({**x, "feature_ids": ids}))]
+        x = {k: tf.constant(v) for k, v in x.items()}
+        by_ids = served.signatures["serve_ids"](**x, feature_ids=tf.constant(ids))
+        by_name = served.signatures["serving_default"](
+            **x, language=tf.constant(LANGUAGES[:batch]), task=tf.constant(TASKS[:batch])
+        )
+        for outputs in (by_ids, by_name):
+            assert len(outputs) == len(expected)
+            for (_, got), want in zip(sorted(outputs.items()), expected):
+                np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+class LengthDependent(keras.layers.Layer):
+    """Branches in Python on the sequence length, which jax cannot trace unknown."""
+
+    def call(self, x):
+        return x if x.shape[1] <= 4 else 2 * x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "jax",
+    reason="TensorFlow traces an unknown size as unknown: nothing to refuse",
+)
+def test_export_names_the_fix_where_a_size_cannot_stay_unknown(tmp_path):
+    inputs = keras.Input((None, 8), name="x")
+    base = keras.Model(inputs, keras.layers.Dense(4, name="proj")(LengthDependent()(inputs)))
+    model = kf.retrofit(base, SCHEMA, rank=2, target_layers=["proj"])
+    with pytest.raises(ValueError, match=r"unknown size .*inputs_1.*pass `input_signature=`"):
+        kf.export_saved_model(model, tmp_path / "dynamic")
+    fixed = {"inputs": keras.InputSpec(shape=(None, 6, 8), dtype="float32")}
+    kf.export_saved_model(model, tmp_path / "fixed", input_signature=fixed)
+    assert os.path.exists(tmp_path / "fixed" / "saved_model.pb")
 
 
 def test_export_bad_arguments(tmp_path):

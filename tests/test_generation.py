@@ -2,33 +2,17 @@ import keras
 import keras_hub
 import numpy as np
 import pytest
+from helpers import LETTERS
 from helpers import MIXED_IDS
 from helpers import SCHEMA
+from helpers import letter_preprocessor
 from helpers import randomize_adapters
+from helpers import tiny_bart
+from helpers import tiny_causal_lm
+from helpers import tiny_gpt2
 from helpers import to_numpy
 
 import keras_flix as kf
-
-LETTERS = "abcdefgh"
-
-
-def tiny_gpt2(preprocessor=None, seed=0):
-    keras.utils.set_random_seed(seed)
-    backbone = keras_hub.models.GPT2Backbone(
-        vocabulary_size=len(LETTERS) + 2 if preprocessor else 40,
-        num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=64,
-        max_sequence_length=16,
-    )
-    causal_lm = keras_hub.models.GPT2CausalLM(backbone, preprocessor=preprocessor)
-    causal_lm.compile(sampler="greedy")
-    return causal_lm
-
-
-def letter_preprocessor(sequence_length=12):
-    vocabulary = {"<|endoftext|>": 0, **{c: i + 1 for i, c in enumerate(LETTERS)}}
-    vocabulary["gh"] = len(vocabulary)
-    tokenizer = keras_hub.models.GPT2Tokenizer(vocabulary=vocabulary, merges=["g h"])
-    return keras_hub.models.GPT2CausalLMPreprocessor(tokenizer, sequence_length=sequence_length)
 
 
 def prompts(batch, length=12, prompt_length=4, seed=0):
@@ -38,25 +22,6 @@ def prompts(batch, length=12, prompt_length=4, seed=0):
     padding_mask = np.zeros((batch, length), bool)
     padding_mask[:, :prompt_length] = True
     return {"token_ids": token_ids, "padding_mask": padding_mask}
-
-
-def tiny_causal_lm(family, seed=0):
-    if family == "gpt2":
-        return tiny_gpt2(seed=seed)
-    keras.utils.set_random_seed(seed)
-    small = dict(vocabulary_size=40, num_layers=2, hidden_dim=32, intermediate_dim=64)
-    if family == "gemma":
-        backbone = keras_hub.models.GemmaBackbone(
-            num_query_heads=2, num_key_value_heads=1, head_dim=16, **small
-        )
-        causal_lm = keras_hub.models.GemmaCausalLM(backbone, preprocessor=None)
-    else:
-        backbone = keras_hub.models.LlamaBackbone(
-            num_query_heads=2, num_key_value_heads=1, **small
-        )
-        causal_lm = keras_hub.models.LlamaCausalLM(backbone, preprocessor=None)
-    causal_lm.compile(sampler="greedy")
-    return causal_lm
 
 
 @pytest.mark.slow
@@ -165,14 +130,7 @@ def test_scoring_function_merges_and_exports(tmp_path):
 
 @pytest.mark.slow
 def test_seq2seq_generation_per_example_features():
-    keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.BartBackbone(
-        vocabulary_size=40, num_layers=1, num_heads=2, hidden_dim=32,
-        intermediate_dim=64, max_sequence_length=12,
-    )
-    seq2seq = keras_hub.models.BartSeq2SeqLM(backbone, preprocessor=None)
-    seq2seq.compile(sampler="greedy")
-    model = kf.retrofit(seq2seq, SCHEMA, rank=4, target_layers=[".*(query|value)"])
+    model = kf.retrofit(tiny_bart(), SCHEMA, rank=4, target_layers=[".*(query|value)"])
     randomize_adapters(model, scale=0.5)
     rng = np.random.default_rng(0)
     n = len(MIXED_IDS)

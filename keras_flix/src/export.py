@@ -10,6 +10,8 @@ from keras_flix.src.flix_model import FLixModel
 from keras_flix.src.inputs import ABSENT
 from keras_flix.src.inputs import FEATURE_IDS_KEY
 from keras_flix.src.inputs import INPUTS_KEY
+from keras_flix.src.symbolic_shapes import BATCH
+from keras_flix.src.symbolic_shapes import symbolic_shapes
 
 
 def export_saved_model(model, path, input_signature=None, verbose=False):
@@ -25,7 +27,10 @@ def export_saved_model(model, path, input_signature=None, verbose=False):
     * `serve_ids` takes the model's inputs plus `feature_ids` (int32
       `[batch, n_types]`, `-1` = absent).
 
-    Batches may mix feature combinations. The SavedModel needs neither Keras
+    Batches may mix feature combinations, and sizes the input signature
+    leaves unknown (`None`) stay unknown: one SavedModel serves any batch
+    size and, for a KerasHub model, any sequence length up to the
+    backbone's `max_sequence_length`. The SavedModel needs neither Keras
     nor keras-flix to run: `tf.saved_model.load(path).signatures[...]`, or
     TF Serving. On the TensorFlow backend an out-of-range id in `serve_ids`
     fails the request; from the JAX backend it yields NaN outputs for that
@@ -40,9 +45,10 @@ def export_saved_model(model, path, input_signature=None, verbose=False):
             base model's symbolic inputs (a KerasHub backbone or task, or a
             Functional model). For a KerasHub task these are its
             preprocessed inputs (token ids, masks): run the preprocessor
-            before calling the SavedModel. On the JAX backend, KerasHub
-            backbones need a fixed sequence length here (their position
-            embeddings cannot be exported for a symbolic length).
+            before calling the SavedModel. Fix a size here (e.g.
+            `keras.InputSpec(shape=(None, 128), dtype="int32")`) only for a
+            model that cannot be traced with it unknown; the export says
+            so.
         verbose: print the exported endpoints.
 
     Example:
@@ -65,16 +71,40 @@ def export_saved_model(model, path, input_signature=None, verbose=False):
             f"keras_flix.retrofit. Received: {type(model).__name__}"
         )
     backend.check_saved_model_export()
+    base_specs = _base_input_specs(model, input_signature)
+    shapes, constraints = symbolic_shapes(base_specs, model.base_model)
+    shapes[FEATURE_IDS_KEY] = f"({BATCH}, {len(model.schema.feature_types)})"
+    try:
+        archive = _archive(
+            model, base_specs, backend.saved_model_endpoint_options(shapes, constraints)
+        )
+        # TensorFlow traces a default signature for every nested Keras model
+        # it saves, without feature ids; those functions are never served.
+        with feature_scope(ABSENT):
+            archive.write_out(str(path), verbose=verbose)
+    except backend.DYNAMIC_SHAPE_ERRORS as error:
+        raise ValueError(
+            f"Cannot export '{model.base_model.name}' with inputs of unknown "
+            f"size {shapes} (bounds: {constraints or 'none'}); pass "
+            "`input_signature=` with those sizes fixed: "
+            f"{_fixed_sizes_hint(base_specs)}."
+        ) from error
+
+
+def _archive(model, base_specs, endpoint_options):
+    """The `ExportArchive` with both serving signatures."""
     import tensorflow as tf
 
     schema = model.schema
-    base_specs = _base_input_specs(model, input_signature)
     ids_spec = tf.TensorSpec(
         (None, len(schema.feature_types)), tf.int32, name=FEATURE_IDS_KEY
     )
     archive = keras.export.ExportArchive()
     serve_ids = archive.track_and_add_endpoint(
-        "serve_ids", model, input_signature=[{**base_specs, FEATURE_IDS_KEY: ids_spec}]
+        "serve_ids",
+        model,
+        input_signature=[{**base_specs, FEATURE_IDS_KEY: ids_spec}],
+        **endpoint_options,
     )
     # The same string -> id lookup as `keras_flix.data.tag`.
     tables = lookup_tables(schema, schema.feature_types)
@@ -85,7 +115,7 @@ def export_saved_model(model, path, input_signature=None, verbose=False):
         for feature_type in schema.feature_types
     }
 
-    @tf.function(input_signature=[{**base_specs, **string_specs}])
+    @tf.function(input_signature=[{**base_specs, **string_specs}], autograph=False)
     def serving_default(inputs):
         columns = []
         for feature_type in schema.feature_types:
@@ -108,10 +138,21 @@ def export_saved_model(model, path, input_signature=None, verbose=False):
         return serve_ids({**base_inputs, FEATURE_IDS_KEY: tf.stack(columns, axis=1)})
 
     archive.add_endpoint("serving_default", serving_default)
-    # TensorFlow traces a default signature for every nested Keras model it
-    # saves, without feature ids; those functions are never served.
-    with feature_scope(ABSENT):
-        archive.write_out(str(path), verbose=verbose)
+    return archive
+
+
+def _fixed_sizes_hint(specs):
+    """`specs` spelled as an `input_signature`, unknown sizes but the batch to fix."""
+    hints = []
+    for name, spec in specs.items():
+        sizes = ["None"] + [
+            "<size>" if size is None else str(size) for size in spec.shape[1:]
+        ]
+        hints.append(
+            f"'{name}': keras.InputSpec(shape=({', '.join(sizes)}), "
+            f"dtype='{spec.dtype.name}')"
+        )
+    return "{" + ", ".join(hints) + "}"
 
 
 def _base_input_specs(model, input_signature):

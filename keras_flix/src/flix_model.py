@@ -1,15 +1,42 @@
-"""`FLixModel`: a retrofitted model that takes feature ids with its inputs."""
+"""`FLixModel`: a retrofitted model that takes feature ids with its inputs.
+
+A FLix model wraps the model it was retrofitted from (`base_model`) rather
+than subclassing KerasHub's `Task` or `PipelineModel`. Why delegation:
+
+* one class serves every base model: a KerasHub task of any kind, a
+  backbone, a Functional or subclassed Keras model. A subclass of `Task`
+  would need a class per task class (`GPT2CausalLM`, `BertTextClassifier`,
+  ...) to inherit each task's `generate_step`, `score` and `compile`.
+* the task's own methods run on the task object they were written for
+  (its layers, its compiled `generate_function`, its sampler); the FLix
+  model adds only what ids need: it splits them off the inputs, carries
+  them past the preprocessor and into the compiled functions.
+* `isinstance(model, keras_hub.models.CausalLM)` would be a false promise:
+  every call of a FLix model needs feature ids, which the task's callers
+  (KerasHub utilities, `keras_hub.models.CausalLM.from_preset`) never pass.
+
+So the task's interface is re-exposed, each method with feature ids where
+it needs them: `compile` (the task's own arguments and `"auto"` defaults,
+`sampler=` included), `fit` / `evaluate` / `predict` on raw inputs,
+`generate`, `score`, `preprocessor`, `backbone`, and `save_to_preset` with
+`FLixModel.from_preset` (see `keras_flix.src.presets`). Any other public
+attribute of the base model is reachable on the FLix model too.
+"""
 
 import re
 
 import keras
 
 from keras_flix.src import generation
+from keras_flix.src import keras_private
+from keras_flix.src import presets
+from keras_flix.src.adapter_files import load_adapters
 from keras_flix.src.adapters import check_train_also
 from keras_flix.src.adapters import flix_layers
 from keras_flix.src.adapters import inject
 from keras_flix.src.config import FLixConfig
 from keras_flix.src.feature_scope import feature_scope
+from keras_flix.src.hub import Task
 from keras_flix.src.inputs import join_feature_ids
 from keras_flix.src.inputs import split_feature_ids
 from keras_flix.src.inputs import standardize_feature_ids
@@ -28,12 +55,14 @@ class FLixModel(keras.Model):
     base model, `fit`, `evaluate` and `predict` run the task's preprocessor
     in a `tf.data` pipeline on the base inputs and carry the ids past it, so
     raw inputs go in as `{"inputs": raw, "feature_ids": ids}` (or the raw
-    dict plus `"feature_ids"`).
+    dict plus `"feature_ids"`). A task's FLix model is compiled as the task
+    was (a copy of its optimizer, loss and metrics), so it trains without a
+    `compile` call, like the task.
 
     Public attributes of the base model (e.g. `backbone`, `preprocessor`)
     are reachable on the FLix model. Generation lives in
     `keras_flix.src.generation`, the preprocessing pipeline in
-    `keras_flix.src.preprocessing`.
+    `keras_flix.src.preprocessing`, presets in `keras_flix.src.presets`.
 
     Args:
         base_model: the model whose target layers are FLix layers already
@@ -64,6 +93,13 @@ class FLixModel(keras.Model):
         if hasattr(base_model, "generate_step"):
             generation.take_ids_in_generate_step(base_model)
         self.built = True
+        if isinstance(base_model, Task) and base_model.compiled:
+            # A copy: the task's own optimizer may be built for its variables.
+            super().compile(
+                **keras.saving.deserialize_keras_object(
+                    base_model.get_compile_config()
+                )
+            )
 
     @property
     def schema(self):
@@ -72,8 +108,27 @@ class FLixModel(keras.Model):
 
     @property
     def preprocessor(self):
-        """The base model's preprocessor, or `None`."""
+        """The base model's preprocessor, or `None`.
+
+        Set it to `None` to feed preprocessed inputs, as on a KerasHub task.
+        """
         return getattr(self.base_model, "preprocessor", None)
+
+    @preprocessor.setter
+    def preprocessor(self, value):
+        self.base_model.preprocessor = value
+
+    @property
+    def backbone(self):
+        """The base task's backbone (with its FLix layers), or `None`."""
+        return getattr(self.base_model, "backbone", None)
+
+    def __setattr__(self, name, value):
+        # As KerasHub's `Task`: torch's `Module.__setattr__` would register a
+        # preprocessor layer as a submodule instead of calling the setter.
+        if isinstance(getattr(type(self), name, None), property):
+            return object.__setattr__(self, name, value)
+        return super().__setattr__(name, value)
 
     @property
     def flix_layers(self):
@@ -106,6 +161,43 @@ class FLixModel(keras.Model):
         for variable in self.base_model.trainable_variables:
             if id(variable) not in keep:
                 variable.trainable = False
+
+    def compile(self, *args, **kwargs):
+        """Configures training (and, for a KerasHub task, generation).
+
+        For a KerasHub task this takes what the task's `compile` takes,
+        with its defaults: `optimizer="auto"`, `loss="auto"`,
+        `metrics="auto"` / `weighted_metrics="auto"` resolve as the task
+        resolves them, and a `CausalLM` / `Seq2SeqLM` takes `sampler=` for
+        `generate`. The task is compiled with them, and the FLix model with
+        the same optimizer, loss and metrics objects. For other base models
+        it is `keras.Model.compile`.
+
+        Example:
+
+        >>> import keras_hub
+        >>> import keras_flix as kf
+        >>> backbone = keras_hub.models.GPT2Backbone(
+        ...     vocabulary_size=40, num_layers=1, num_heads=2, hidden_dim=16,
+        ...     intermediate_dim=32, max_sequence_length=8)
+        >>> causal_lm = keras_hub.models.GPT2CausalLM(backbone, preprocessor=None)
+        >>> schema = kf.FeatureSchema({"language": ["en", "sw"]})
+        >>> model = kf.retrofit(causal_lm, schema, rank=2)
+        >>> model.compile(sampler="greedy")
+        >>> type(model.optimizer).__name__, type(model.base_model.sampler).__name__
+        ('Adam', 'GreedySampler')
+        """
+        if not isinstance(self.base_model, Task):
+            return super().compile(*args, **kwargs)
+        self.base_model.compile(*args, **kwargs)
+        super().compile(**keras_private.compile_arguments(self.base_model))
+
+    def compile_from_config(self, config):
+        """Compiles as a saved model's compile config says (when it loads)."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            # Before the weights load: the optimizer's variables load too.
+            self.optimizer.build(self.trainable_variables)
 
     def call(self, inputs, training=None):
         owner = f"FLix model '{self.name}'"
@@ -194,6 +286,81 @@ class FLixModel(keras.Model):
             strip_prompt=strip_prompt,
         )
 
+    def score(self, token_ids, padding_mask=None, *, feature_ids, **kwargs):
+        """Scores token sequences with a retrofitted KerasHub `CausalLM`.
+
+        Args:
+            token_ids, padding_mask: as for the base task's `score`.
+            feature_ids: int32 `[batch, n_feature_types]`, one row per
+                sequence.
+            **kwargs: the base task's other `score` arguments
+                (`scoring_mode`, `layer_intercept_fn`, `target_ids`).
+
+        Returns:
+            What the base task's `score` returns, each sequence scored with
+            its own features.
+        """
+        if not hasattr(self.base_model, "score"):
+            raise AttributeError(
+                f"'{self.base_model.name}' ({type(self.base_model).__name__}) "
+                "does not score; `score` needs a KerasHub CausalLM."
+            )
+        owner = f"FLix model '{self.name}'"
+        feature_ids = standardize_feature_ids(
+            feature_ids, self.schema, batch_size=token_ids.shape[0], owner=owner
+        )
+        with feature_scope(feature_ids):
+            return self.base_model.score(token_ids, padding_mask, **kwargs)
+
+    def save_to_preset(self, preset_dir, max_shard_size=10):
+        """Saves a retrofitted KerasHub task as a preset directory.
+
+        See `keras_flix.src.presets`: the task's own preset (its weights
+        without the adapters, loadable by KerasHub alone) plus the FLix
+        settings and adapters. `FLixModel.from_preset` loads it back.
+
+        Args:
+            preset_dir: the local directory to write.
+            max_shard_size: as for the task's `save_to_preset`.
+        """
+        presets.save_preset(self, preset_dir, max_shard_size)
+
+    @classmethod
+    def from_preset(cls, preset_dir, **kwargs):
+        """Loads a FLix model written by `FLixModel.save_to_preset`.
+
+        Args:
+            preset_dir: the local preset directory.
+            **kwargs: passed to the task class's `from_preset` (e.g.
+                `dtype`); the adapters are loaded after it.
+
+        Returns:
+            The `FLixModel`: the task, retrofitted with the saved settings
+            and schema, and the saved adapter weights.
+
+        Example:
+
+        >>> import os, tempfile
+        >>> import keras_hub
+        >>> import keras_flix as kf
+        >>> backbone = keras_hub.models.GPT2Backbone(
+        ...     vocabulary_size=40, num_layers=1, num_heads=2, hidden_dim=16,
+        ...     intermediate_dim=32, max_sequence_length=8)
+        >>> causal_lm = keras_hub.models.GPT2CausalLM(backbone, preprocessor=None)
+        >>> schema = kf.FeatureSchema({"language": ["en", "sw"]})
+        >>> model = kf.retrofit(causal_lm, schema, rank=2)
+        >>> preset = os.path.join(tempfile.mkdtemp(), "flix_gpt2")
+        >>> model.save_to_preset(preset)
+        >>> loaded = kf.FLixModel.from_preset(preset)
+        >>> loaded.schema == schema, type(loaded.base_model).__name__
+        (True, 'GPT2CausalLM')
+        """
+        task_class, config, name, adapters = presets.read_preset(preset_dir)
+        base_model = task_class.from_preset(preset_dir, **kwargs)
+        model = cls(base_model, _inject_saved(base_model, config), name=name)
+        load_adapters(model, adapters)
+        return model
+
     def _preprocessed(self, x, y, sample_weight, batch_size):
         return preprocessed_dataset(
             self.preprocess_samples, x, y, sample_weight, batch_size
@@ -223,14 +390,24 @@ class FLixModel(keras.Model):
         base_model = keras.saving.deserialize_keras_object(
             config.pop("base_model"), custom_objects=custom_objects
         )
-        flix_config = FLixConfig.from_config(
-            {key: config.pop(key) for key in FLixConfig.KEYS if key in config}
-        )
-        # The saved paths are exact paths, not patterns.
-        flix_config = inject(
+        flix_config = _inject_saved(
             base_model,
-            flix_config.replace(
-                target_layers=[re.escape(path) for path in flix_config.target_layers]
-            ),
+            {key: config.pop(key) for key in FLixConfig.KEYS if key in config},
         )
         return cls(base_model, flix_config, **config)
+
+
+def _inject_saved(base_model, config):
+    """Injects FLix layers into `base_model` as a saved `FLixConfig` says.
+
+    Returns:
+        The injected `FLixConfig`.
+    """
+    flix_config = FLixConfig.from_config(config)
+    # The saved paths are exact paths, not patterns.
+    return inject(
+        base_model,
+        flix_config.replace(
+            target_layers=[re.escape(path) for path in flix_config.target_layers]
+        ),
+    )

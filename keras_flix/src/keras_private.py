@@ -36,6 +36,7 @@ RELIED_ON = (
     ("KerasTensor", "_keras_history", None, "rewiring a Functional graph"),
     ("Sequential", "_functional", None, "the graph a Sequential model hides"),
     ("Trainer", "train_step", ("jax", "torch"), "dispatching to the row-sparse step"),
+    ("Model", "_compile_config", None, "compiling as a task's compile resolved"),
     ("Model", "_compute_loss", ("torch",), "the row-sparse training step"),
     ("Model", "_loss_tracker", ("torch",), "the row-sparse training step"),
     ("Model", "_update_metrics_variables", ("jax",), "the row-sparse training step"),
@@ -72,6 +73,15 @@ def kernel(layer):
 def set_kernel(layer, variable):
     """Makes `variable` the kernel of a `Dense` / `EinsumDense` layer."""
     layer._kernel = variable
+
+
+def compile_arguments(model):
+    """The arguments `keras.Model.compile` last received for `model`.
+
+    For a KerasHub task these are the task's `"auto"` defaults resolved
+    (the optimizer, loss and metrics objects themselves, not copies).
+    """
+    return dict(model._compile_config.config)
 
 
 def sequential_graph(attributes):

@@ -20,7 +20,9 @@ the backend Keras runs on:
 * `sublayer_attributes(layer)`: the attributes a framework keeps
   sublayers in besides `__dict__`;
 * `check_saved_model_export()`: raises if the backend cannot export a
-  SavedModel here;
+  SavedModel here; `saved_model_endpoint_options(shapes, constraints)`:
+  what an export endpoint needs to keep the unknown sizes of its inputs
+  unknown, and `DYNAMIC_SHAPE_ERRORS`, what tracing raises where it cannot;
 * `on_tpu()`: whether the model runs on TPU.
 
 No other module imports jax or torch or asks which backend runs.
@@ -37,6 +39,7 @@ _backend = importlib.import_module(
     f"{__name__}.{_MODULES.get(keras.backend.backend(), 'other')}"
 )
 
+DYNAMIC_SHAPE_ERRORS = _backend.DYNAMIC_SHAPE_ERRORS
 assert_in_range_in_graph = _backend.assert_in_range_in_graph
 check_saved_model_export = _backend.check_saved_model_export
 keras_trainer = _backend.keras_trainer
@@ -44,6 +47,7 @@ on_tpu = _backend.on_tpu
 refresh_parameter_registry = _backend.refresh_parameter_registry
 row_sparse_parts = _backend.row_sparse_parts
 row_sparse_train_step = _backend.row_sparse_train_step
+saved_model_endpoint_options = _backend.saved_model_endpoint_options
 sublayer_attributes = _backend.sublayer_attributes
 
 

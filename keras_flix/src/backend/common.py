@@ -14,6 +14,24 @@ def check_saved_model_export():
     """Keras exports SavedModels from this backend."""
 
 
+DYNAMIC_SHAPE_ERRORS = ()
+"""What tracing raises for a size it cannot keep unknown: nothing here."""
+
+
+def saved_model_endpoint_options(shapes, constraints):
+    """Nothing to add: the endpoint traces unknown sizes as unknown.
+
+    Args:
+        shapes: the symbolic shape of each input (see
+            `keras_flix.src.symbolic_shapes`).
+        constraints: bounds on their sizes.
+
+    Returns:
+        Keyword arguments for `keras.export.ExportArchive.add_endpoint`.
+    """
+    return {}
+
+
 def refresh_parameter_registry(layer):
     """Keras layers keep no framework-level parameter registry here."""
 

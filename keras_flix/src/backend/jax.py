@@ -142,3 +142,33 @@ def row_sparse_parts(gradient):
     ):
         return gradient.indices[:, 0], gradient.data
     return None
+
+
+DYNAMIC_SHAPE_ERRORS = (jax.errors.InconclusiveDimensionOperation,)
+"""What `jax.export` raises for a size it cannot keep symbolic."""
+
+
+def saved_model_endpoint_options(shapes, constraints):
+    """jax2tf options that trace an endpoint with symbolic sizes.
+
+    Keras names every unknown size on its own (two inputs' sequence lengths
+    become unrelated symbols) and bounds none; these options give the sizes
+    that are one size one name and add the bounds. Gradients are not
+    exported: jax2tf drops the constraints when it converts them, and a
+    serving signature never needs them.
+
+    Args:
+        shapes: the symbolic shape of each input of the endpoint's one
+            (dict) argument (see `keras_flix.src.symbolic_shapes`).
+        constraints: bounds on their sizes, e.g. `["sequence <= 512"]`.
+
+    Returns:
+        Keyword arguments for `keras.export.ExportArchive.add_endpoint`.
+    """
+    return {
+        "jax2tf_kwargs": {
+            "polymorphic_shapes": [shapes],
+            "polymorphic_constraints": list(constraints),
+            "with_gradient": False,
+        }
+    }

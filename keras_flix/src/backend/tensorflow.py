@@ -3,8 +3,10 @@
 import tensorflow as tf
 
 from keras_flix.src.backend.common import check_saved_model_export  # noqa: F401
+from keras_flix.src.backend.common import DYNAMIC_SHAPE_ERRORS  # noqa: F401
 from keras_flix.src.backend.common import on_tpu  # noqa: F401
 from keras_flix.src.backend.common import refresh_parameter_registry  # noqa: F401
+from keras_flix.src.backend.common import saved_model_endpoint_options  # noqa: F401
 from keras_flix.src.backend.common import sublayer_attributes  # noqa: F401
 
 # The gradient of a gather is an `IndexedSlices` already: Keras' own step

@@ -20,7 +20,9 @@ from keras.src.backend.torch.trainer import TorchTrainer as keras_trainer  # noq
 
 from keras_flix.src import keras_private
 from keras_flix.src.backend.common import assert_in_range_in_graph  # noqa: F401
+from keras_flix.src.backend.common import DYNAMIC_SHAPE_ERRORS  # noqa: F401
 from keras_flix.src.backend.common import on_tpu  # noqa: F401
+from keras_flix.src.backend.common import saved_model_endpoint_options  # noqa: F401
 from keras_flix.src.layers.selection_route import selection_route
 
 

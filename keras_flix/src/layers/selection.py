@@ -109,13 +109,17 @@ def select_rows(table, rows, compute_path):
 
 
 def positions_per_example(inputs, equations):
-    """The static number of low-rank activations per example, or `None`."""
+    """The static number of low-rank activations per example, or `None`.
+
+    `None` also for symbolic sizes (e.g. a sequence length that is a
+    symbolic dimension while exporting from jax), which are not ints.
+    """
     input_term, rest = equations.down.split(",")
     activations = rest.split("->")[1][:-1]
     positions = 1
     for letter in activations[1:]:
         size = inputs.shape[input_term.index(letter)]
-        if size is None:
+        if not isinstance(size, int):
             return None
         positions *= size
     return positions
