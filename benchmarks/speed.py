@@ -586,7 +586,7 @@ def print_report(info, settings, samples, cpu_samples, extras, memory, ratios, c
         "over rounds, and median CPU time of the process.\n"
     )
     header = (
-        f"{'configuration':<17}{'train wall':>16}{'cpu':>7}{'infer wall':>15}"
+        f"{'configuration':<21}{'train wall':>16}{'cpu':>7}{'infer wall':>15}"
         f"{'cpu':>7}{'peak MiB':>10}{'XLA MiB':>9}{'trainable':>12}"
     )
     print(header)
@@ -605,7 +605,7 @@ def print_report(info, settings, samples, cpu_samples, extras, memory, ratios, c
         xla = probe.get("xla", {}).get("peak_mb")
         cells.append(f"{xla:9.0f}" if xla else f"{'-':>9}")
         cells.append(f"{extras[name]['trainable_parameters']:12,d}")
-        print(f"{name:<17}" + "".join(cells))
+        print(f"{name:<21}" + "".join(cells))
     print(
         "\nRatios: median over rounds of the per-round ratio (wall-clock), the "
         "same for CPU time,\nand the ratios of the medians and of the minimums "
@@ -681,6 +681,7 @@ def main(argv=None):
                 "values_per_type": spec[1],
                 "optimizer": spec[2],
                 "compute_path": spec[3],
+                "head_around_backbone": spec[5],
                 **extras[name],
                 **{
                     phase: summarize(samples[(name, phase)], cpu_samples[(name, phase)])
