@@ -41,6 +41,13 @@ def bert_inputs(batch, length=12, seed=0):
     }
 
 
+def dense_flix_model(schema=SCHEMA, rank=2):
+    """A retrofitted one-layer model: `Dense(4, name="proj")` on 8 inputs."""
+    inputs = keras.Input((8,))
+    base = keras.Model(inputs, keras.layers.Dense(4, name="proj")(inputs))
+    return kf.retrofit(base, schema, rank=rank, target_layers=["proj"])
+
+
 def randomize_adapters(model, seed=0, scale=0.2):
     """Gives every adapter random values (B starts at zero otherwise)."""
     rng = np.random.default_rng(seed)

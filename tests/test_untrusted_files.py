@@ -13,6 +13,7 @@ import pytest
 from helpers import MIXED_IDS
 from helpers import SCHEMA
 from helpers import bert_inputs
+from helpers import dense_flix_model
 from helpers import randomize_adapters
 from helpers import tiny_bert
 from helpers import to_numpy
@@ -22,17 +23,11 @@ import keras_flix as kf
 MEMBER = "proj/flix_language_a.npy"  # [3 values, 8 inputs, rank 2], float32
 
 
-def dense_model():
-    inputs = keras.Input((8,))
-    base = keras.Model(inputs, keras.layers.Dense(4, name="proj")(inputs))
-    return kf.retrofit(base, SCHEMA, rank=2, target_layers=["proj"])
-
-
 @pytest.fixture
 def saved(tmp_path):
     """A model and the members of a good adapter file of another one like it."""
-    model = dense_model()
-    source = dense_model()
+    model = dense_flix_model()
+    source = dense_flix_model()
     source.set_weights(model.get_weights())
     randomize_adapters(source)
     path = tmp_path / "good.flix"

@@ -1,5 +1,6 @@
 """`FLixModel`: a retrofitted model that takes feature ids with its inputs."""
 
+import os
 import re
 
 import keras
@@ -9,6 +10,7 @@ from keras_flix.src import generation
 from keras_flix.src.adapters import check_train_also
 from keras_flix.src.adapters import flix_layers
 from keras_flix.src.adapters import inject
+from keras_flix.src.atomic_files import replaced_atomically
 from keras_flix.src.config import FLixConfig
 from keras_flix.src.feature_scope import feature_scope
 from keras_flix.src.inputs import join_feature_ids
@@ -192,6 +194,30 @@ class FLixModel(keras.Model):
         if self.preprocessor is None:
             return super().predict(x, batch_size, **kwargs)
         return super().predict(self._preprocessed(x, None, None, batch_size), **kwargs)
+
+    def save(self, filepath, overwrite=True, zipped=None, **kwargs):
+        """Keras' `save`; a local `.keras` file is replaced atomically.
+
+        The file is written beside `filepath` and renamed over it once
+        complete, so a process killed while saving leaves the previous file
+        intact and loadable (see
+        `keras_flix.src.atomic_files.replaced_atomically`). Other
+        destinations (file objects, folders, remote paths, or an existing
+        file with `overwrite=False`, for which Keras asks first) are saved
+        by Keras as they are.
+
+        Args:
+            filepath, overwrite, zipped, **kwargs: as for `keras.Model.save`.
+        """
+        local_file = isinstance(filepath, (str, os.PathLike)) and (
+            os.fspath(filepath).endswith(".keras")
+            and "://" not in os.fspath(filepath)
+            and (overwrite or not os.path.exists(filepath))
+        )
+        if not local_file:
+            return super().save(filepath, overwrite=overwrite, zipped=zipped, **kwargs)
+        with replaced_atomically(filepath, suffix=".keras") as temporary:
+            super().save(temporary, zipped=zipped, **kwargs)
 
     def generate(
         self, inputs, max_length=None, stop_token_ids="auto", strip_prompt=False
