@@ -11,6 +11,7 @@ from keras_flix.src.adapters import check_train_also
 from keras_flix.src.adapters import flix_layers
 from keras_flix.src.adapters import inject
 from keras_flix.src.atomic_files import replaced_atomically
+from keras_flix.src.callbacks.backup_and_restore import positioned_for_resume
 from keras_flix.src.config import FLixConfig
 from keras_flix.src.feature_scope import feature_scope
 from keras_flix.src.inputs import join_feature_ids
@@ -163,23 +164,26 @@ class FLixModel(keras.Model):
         )
 
     def fit(self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs):
-        if self.preprocessor is None:
-            return super().fit(x, y, batch_size, sample_weight=sample_weight, **kwargs)
-        if kwargs.get("validation_split"):
-            raise ValueError(
-                "`validation_split` cannot be used with a preprocessor; pass "
-                "`validation_data` instead."
-            )
-        validation_data = kwargs.pop("validation_data", None)
-        if validation_data is not None:
-            validation_data = self._preprocessed(
-                *unpack(validation_data), batch_size
-            )
-        return super().fit(
-            self._preprocessed(x, y, sample_weight, batch_size),
-            validation_data=validation_data,
-            **kwargs,
+        if self.preprocessor is not None:
+            if kwargs.get("validation_split"):
+                raise ValueError(
+                    "`validation_split` cannot be used with a preprocessor; pass "
+                    "`validation_data` instead."
+                )
+            if kwargs.get("validation_data") is not None:
+                kwargs["validation_data"] = self._preprocessed(
+                    *unpack(kwargs["validation_data"]), batch_size
+                )
+            x = self._preprocessed(x, y, sample_weight, batch_size)
+            y = batch_size = sample_weight = None
+        # A keras_flix.callbacks.BackupAndRestore resumes the data position.
+        x = positioned_for_resume(
+            x,
+            kwargs.get("callbacks"),
+            steps_per_epoch=kwargs.get("steps_per_epoch"),
+            shuffle=kwargs.get("shuffle", True),
         )
+        return super().fit(x, y, batch_size, sample_weight=sample_weight, **kwargs)
 
     def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs):
         if self.preprocessor is None or kwargs.get("_use_cached_eval_dataset"):

@@ -20,7 +20,13 @@ the backend Keras runs on:
   sublayers in besides `__dict__`;
 * `check_saved_model_export()`: raises if the backend cannot export a
   SavedModel here;
-* `on_tpu()`: whether the model runs on TPU.
+* `on_tpu()`: whether the model runs on TPU;
+* `framework_random_state()` / `set_framework_random_state(state)`: the
+  framework's global random state that Keras draws from outside its seed
+  generators (torch's), as NumPy arrays by name;
+* `skip_train_function(logs, steps_per_execution)`: a stand-in for
+  `model.train_function` that consumes one step's batches without
+  training (resuming a fit mid-epoch).
 
 No other module imports jax or torch or asks which backend runs.
 """
@@ -38,10 +44,13 @@ _backend = importlib.import_module(
 
 assert_in_range_in_graph = _backend.assert_in_range_in_graph
 check_saved_model_export = _backend.check_saved_model_export
+framework_random_state = _backend.framework_random_state
 on_tpu = _backend.on_tpu
 refresh_parameter_registry = _backend.refresh_parameter_registry
 row_sparse_parts = _backend.row_sparse_parts
 row_sparse_train_step = _backend.row_sparse_train_step
+set_framework_random_state = _backend.set_framework_random_state
+skip_train_function = _backend.skip_train_function
 sublayer_attributes = _backend.sublayer_attributes
 unique_rows = _backend.unique_rows
 

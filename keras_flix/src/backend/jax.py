@@ -27,6 +27,8 @@ from keras_flix.src.backend.common import assert_in_range_in_graph  # noqa: F401
 from keras_flix.src.backend.common import check_saved_model_export  # noqa: F401
 from keras_flix.src.backend.common import on_tpu  # noqa: F401
 from keras_flix.src.backend.common import refresh_parameter_registry  # noqa: F401
+from keras_flix.src.backend.common import framework_random_state  # noqa: F401
+from keras_flix.src.backend.common import set_framework_random_state  # noqa: F401
 from keras_flix.src.backend.common import sublayer_attributes  # noqa: F401
 from keras_flix.src.layers.gathered_rows import gathered_rows_by_table
 from keras_flix.src.layers.gathered_rows import gathered_rows_scope
@@ -121,3 +123,18 @@ def row_sparse_parts(gradient):
     ):
         return gradient.indices[:, 0], gradient.data
     return None
+
+
+def skip_train_function(logs, steps_per_execution):
+    """A train function that pulls its batches, drops them: state unchanged.
+
+    Keras' JAX train function takes `(state, iterator)` and pulls
+    `steps_per_execution` batches itself.
+    """
+
+    def skip(state, iterator):
+        for _ in range(steps_per_execution):
+            next(iterator)
+        return logs, state
+
+    return skip
