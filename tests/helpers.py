@@ -41,11 +41,14 @@ def bert_inputs(batch, length=12, seed=0):
     }
 
 
-def dense_flix_model(schema=SCHEMA, rank=2):
-    """A retrofitted one-layer model: `Dense(4, name="proj")` on 8 inputs."""
+def dense_flix_model(schema=SCHEMA, rank=2, dropout=None, **retrofit_kwargs):
+    """A retrofitted `Dense(4, name="proj")` on 8 inputs, then `Dropout(dropout)`."""
     inputs = keras.Input((8,))
-    base = keras.Model(inputs, keras.layers.Dense(4, name="proj")(inputs))
-    return kf.retrofit(base, schema, rank=rank, target_layers=["proj"])
+    outputs = keras.layers.Dense(4, name="proj")(inputs)
+    if dropout:
+        outputs = keras.layers.Dropout(dropout)(outputs)
+    base = keras.Model(inputs, outputs)
+    return kf.retrofit(base, schema, rank=rank, target_layers=["proj"], **retrofit_kwargs)
 
 
 def randomize_adapters(model, seed=0, scale=0.2):

@@ -45,7 +45,7 @@ if args["data"] == "passes":
     dataset = dataset.shuffle(48, seed=1, reshuffle_each_iteration=False).batch(8)
     steps_per_epoch = None  # 6 batches an epoch
 else:
-    dataset = dataset.shuffle(48, seed=1).repeat().batch(8)
+    dataset = dataset.shuffle(48, seed=1, reshuffle_each_iteration=False).repeat().batch(8)
     steps_per_epoch = 4
 
 class Kill(keras.callbacks.Callback):
@@ -125,3 +125,182 @@ def test_a_killed_fit_resumes_to_the_uninterrupted_result(
     np.testing.assert_array_equal(resumed["epochs"], np.arange(first, 3))
     np.testing.assert_allclose(resumed["losses"], expected["losses"][first:], atol=1e-6)
     assert not (tmp_path / "backup").exists()
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Stops the fit with an error after its `batches`-th batch."""
+
+    def __init__(self, batches):
+        super().__init__()
+        self.batches = batches
+        self.seen = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen == self.batches:
+            raise KeyboardInterrupt
+
+
+def small_fit(backup_dir, interrupt=None, save_freq=2, epochs=3, **fit_kwargs):
+    """Fits a fresh small FLix model (feature dropout, Dropout, LazyAdam)."""
+    keras.utils.set_random_seed(0)
+    model = dense_flix_model(dropout=0.3, feature_dropout=0.3)
+    model.compile(optimizer=kf.optimizers.LazyAdam(1e-2), loss="mse")
+    rng = np.random.default_rng(0)
+    x = {"inputs": rng.standard_normal((40, 8)).astype("float32"),
+         "feature_ids": np.stack([rng.integers(-1, 3, 40), rng.integers(-1, 2, 40)], 1)
+         .astype("int32")}
+    y = rng.standard_normal((40, 4)).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(
+        40, seed=1, reshuffle_each_iteration=False).batch(8)
+    callbacks = [kf.callbacks.BackupAndRestore(backup_dir, save_freq=save_freq)]
+    if interrupt:
+        callbacks.append(Interrupt(interrupt))
+    try:
+        history = model.fit(data, epochs=epochs, callbacks=callbacks, verbose=0, **fit_kwargs)
+    except KeyboardInterrupt:
+        return None
+    return [keras.ops.convert_to_numpy(v) for v in model.trainable_variables], history
+
+
+@pytest.mark.parametrize(
+    "save_freq, interrupt",
+    [
+        (2, 7),  # backed up mid-epoch 1 (after its batch 1), interrupted after batch 2
+        pytest.param("epoch", 8, marks=pytest.mark.slow),
+        pytest.param(5, 6, marks=pytest.mark.slow),  # backed up at epoch 0's last batch
+    ],
+)
+def test_an_interrupted_fit_resumes_exactly_in_a_fresh_model(tmp_path, save_freq, interrupt):
+    expected, full = small_fit(tmp_path / "a", save_freq=save_freq)
+    assert small_fit(tmp_path / "b", interrupt=interrupt, save_freq=save_freq) is None
+    got, resumed = small_fit(tmp_path / "b", save_freq=save_freq)
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)
+    first = resumed.epoch[0]
+    np.testing.assert_allclose(resumed.history["loss"], full.history["loss"][first:], atol=1e-6)
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_keras_own_callback_does_not_resume_exactly(tmp_path):
+    """Why keras_flix has its own: Keras' restores weights and the epoch only."""
+    def fit(interrupt):
+        keras.utils.set_random_seed(0)
+        model = dense_flix_model(dropout=0.3, feature_dropout=0.3)
+        model.compile(optimizer=kf.optimizers.LazyAdam(1e-2), loss="mse")
+        rng = np.random.default_rng(0)
+        x = {"inputs": rng.standard_normal((40, 8)).astype("float32"),
+             "feature_ids": rng.integers(0, 2, (40, 2)).astype("int32")}
+        y = rng.standard_normal((40, 4)).astype("float32")
+        callbacks = [keras.callbacks.BackupAndRestore(tmp_path / "keras")]
+        if interrupt:
+            callbacks.append(Interrupt(interrupt))
+        try:
+            model.fit(x, y, batch_size=8, epochs=3, shuffle=False, callbacks=callbacks,
+                      verbose=0)
+        except KeyboardInterrupt:
+            return None
+        return keras.ops.convert_to_numpy(model.flix_layers[0].adapter_b["language"])
+
+    expected = fit(None)
+    fit(8)  # backed up after epoch 0, interrupted in epoch 1
+    assert np.max(np.abs(fit(None) - expected)) > 1e-4
+
+
+def fit_with_backup(tmp_path, data, model=None, **fit_kwargs):
+    model = model or dense_flix_model()
+    model.compile(optimizer="adam", loss="mse")
+    backup = kf.callbacks.BackupAndRestore(tmp_path / "backup")
+    return model.fit(data, callbacks=[backup], verbose=0, **fit_kwargs)
+
+
+def xy(n=16):
+    """`n` distinct examples, so that batches in another order differ."""
+    return ({"inputs": np.arange(n * 8, dtype="float32").reshape(n, 8),
+             "feature_ids": np.zeros((n, 2), "int32")},
+            np.zeros((n, 4), "float32"))
+
+
+@pytest.mark.parametrize(
+    "data, fit_kwargs, message",
+    [
+        (lambda: xy(), {}, "Arrays with shuffle=True"),
+        (lambda: tf.data.Dataset.from_tensor_slices(xy()).shuffle(16, seed=0).batch(4), {},
+         "Two iterators of the dataset start with different batches"),
+        (lambda: tf.data.Dataset.from_tensor_slices(xy()).shuffle(16, seed=0).repeat()
+         .batch(4), {"steps_per_epoch": 2},
+         "Two iterators of the dataset start with different batches"),
+        (lambda: tf.data.Dataset.from_tensor_slices(xy()).batch(4),
+         {"steps_per_epoch": 2}, "over a dataset of 4 batches continues each epoch"),
+        (lambda: (b for b in [xy(4)] * 8), {"steps_per_epoch": 2},
+         "needs a tf.data.Dataset .*received generator"),
+    ],
+)
+def test_data_a_resumed_fit_could_not_reproduce_is_refused(tmp_path, data, fit_kwargs, message):
+    data = data()
+    x, y = data if isinstance(data, tuple) else (data, None)
+    with pytest.raises(ValueError, match=message):
+        fit_with_backup(tmp_path, x, y=y, epochs=2, **fit_kwargs)
+
+
+def test_resumable_data_is_accepted(tmp_path):
+    x, y = xy()
+    fit_with_backup(tmp_path, x, y=y, batch_size=4, shuffle=False, epochs=2)
+    passes = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(
+        16, seed=0, reshuffle_each_iteration=False).batch(4)
+    fit_with_backup(tmp_path, passes, epochs=2)
+    stream = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(
+        16, seed=0, reshuffle_each_iteration=False).repeat().batch(4)
+    fit_with_backup(tmp_path, stream, epochs=2, steps_per_epoch=3)
+
+
+def test_a_backup_of_another_model_is_refused(tmp_path):
+    x, y = xy()
+    model = dense_flix_model()
+    model.compile(optimizer="adam", loss="mse")
+    backup = kf.callbacks.BackupAndRestore(tmp_path / "backup", delete_checkpoint=False)
+    model.fit(x, y, batch_size=4, shuffle=False, epochs=1, callbacks=[backup], verbose=0)
+    other = dense_flix_model(rank=3)
+    other.compile(optimizer="adam", loss="mse")
+    with pytest.raises(ValueError, match=r"was written by another model.*number 2 \(saved: \['proj/flix_language_a', \[3, 8, 2\]\]"):
+        other.fit(x, y, batch_size=4, shuffle=False, epochs=2, callbacks=[backup], verbose=0)
+
+
+def test_an_unreadable_backup_falls_back_to_the_previous_one(tmp_path):
+    x, y = xy()
+    model = dense_flix_model()
+    model.compile(optimizer="adam", loss="mse")
+    backup = kf.callbacks.BackupAndRestore(
+        tmp_path / "backup", double_checkpoint=True, delete_checkpoint=False)
+    model.fit(x, y, batch_size=4, shuffle=False, epochs=2, callbacks=[backup], verbose=0)
+    assert sorted(os.listdir(tmp_path / "backup")) == [
+        "training_state.npz", "training_state.previous.npz"]
+    (tmp_path / "backup" / "training_state.npz").write_bytes(b"damaged")
+    history = model.fit(x, y, batch_size=4, shuffle=False, epochs=3, callbacks=[backup],
+                        verbose=0)
+    assert history.epoch == [1, 2]  # the previous backup is of epoch 0
+    (tmp_path / "backup" / "training_state.npz").write_bytes(b"damaged")
+    (tmp_path / "backup" / "training_state.previous.npz").write_bytes(b"damaged")
+    with pytest.raises(ValueError, match="cannot be read"):
+        model.fit(x, y, batch_size=4, shuffle=False, epochs=3, callbacks=[backup], verbose=0)
+
+
+def test_other_models_and_bad_arguments_are_refused(tmp_path):
+    x, y = xy()
+    inputs = keras.Input((8,))
+    plain = keras.Model(inputs, keras.layers.Dense(4)(inputs))
+    plain.compile(optimizer="adam", loss="mse")
+    with pytest.raises(ValueError, match="in the fit of a keras-flix model"):
+        plain.fit(x["inputs"], y, callbacks=[kf.callbacks.BackupAndRestore(tmp_path / "b")],
+                  verbose=0)
+    model = dense_flix_model()
+    model.compile(optimizer="adam", loss="mse")
+    two = [kf.callbacks.BackupAndRestore(tmp_path / d) for d in ("b", "c")]
+    with pytest.raises(ValueError, match="at most one .*received 2"):
+        model.fit(x, y, shuffle=False, callbacks=two, verbose=0)
+    for save_freq in (0, "batch", 1.5, True):
+        with pytest.raises(ValueError, match="Invalid value for argument `save_freq`"):
+            kf.callbacks.BackupAndRestore(tmp_path / "b", save_freq=save_freq)
+    with pytest.raises(ValueError, match="Empty `backup_dir`"):
+        kf.callbacks.BackupAndRestore("")

@@ -41,13 +41,13 @@ class BackupAndRestore(keras.callbacks.Callback):
       callback restarts the epoch, and with `steps_per_epoch` restarts the
       data stream too).
 
-    The data must yield the same batches in a fresh process: a
-    `tf.data.Dataset` whose passes repeat (seeded shuffles with
-    `reshuffle_each_iteration=False`), an endless one (`repeat()`,
-    `keras_flix.data.mix`) with `steps_per_epoch`, or arrays with
-    `shuffle=False`; `fit` refuses other data with an error saying what to
-    pass (see `keras_flix.src.callbacks.resumable_data`). Resuming reads
-    (and drops) the batches before the resume point.
+    The data must yield the same batches from a fresh iterator: a
+    `tf.data.Dataset` shuffled with a seed and
+    `reshuffle_each_iteration=False` (endless, e.g. `repeat()` or
+    `keras_flix.data.mix`, with `steps_per_epoch`, or finite without it),
+    or arrays with `shuffle=False`; `fit` refuses other data with an error
+    saying what to pass (see `keras_flix.src.callbacks.resumable_data`).
+    Resuming reads (and drops) the batches before the resume point.
 
     The backup is one file, written atomically, so a process killed while
     writing it leaves the previous backup. Like Keras' callback, it belongs

@@ -8,15 +8,19 @@ Keras' `fit` draws batches from the data in one of two ways:
   the same order;
 * with `steps_per_epoch` and endless data (`dataset.repeat()`,
   `keras_flix.data.mix`) it keeps one iterator for the whole fit, so epoch
-  `e` starts `e * steps_per_epoch` batches into the stream, which a fresh
-  process reproduces from the same pipeline (seeded shuffles, or
-  `keras.utils.set_random_seed` before building it).
+  `e` starts `e * steps_per_epoch` batches into the stream, which a resumed
+  fit skips to.
 
-Data whose order depends on the process's random state (arrays with Keras'
-default `shuffle=True`, a `tf.data` shuffle that reshuffles every pass) or
-that cannot be repositioned (Python generators, `PyDataset`s, finite
-datasets only partly consumed per epoch) is refused with an error saying
-what to pass instead.
+Either way a fresh iterator must yield what the first one did: a `tf.data`
+shuffle with `reshuffle_each_iteration=True` (its default) shares one seed
+generator between all iterators of the dataset, and each pass any iterator
+starts, including the passes that the prefetch of the iterator Keras opens
+to build the model runs ahead into, moves it on, so not even two
+uninterrupted fits need to see the same batches. Such data, arrays with
+Keras' default `shuffle=True` (shuffled from the process's random state),
+and data that cannot be repositioned (Python generators, `PyDataset`s,
+finite datasets only partly consumed per epoch) are refused with an error
+saying what to pass instead.
 """
 
 import keras
@@ -59,10 +63,11 @@ def at_epoch(x, epoch, steps_per_epoch=None, shuffle=True):
                     "cannot reproduce. Make the dataset endless "
                     "(`dataset.repeat()`) or leave out steps_per_epoch."
                 )
+            _check_iterators_repeat(x)
             # Endless (or of unknown length, taken to be endless): one
             # iterator for the whole fit.
             return x.skip(epoch * steps_per_epoch)
-        _check_passes_repeat(x)
+        _check_iterators_repeat(x)
         return x
     if steps_per_epoch is None and _is_arrays(x):
         if shuffle:
@@ -71,8 +76,7 @@ def at_epoch(x, epoch, steps_per_epoch=None, shuffle=True):
                 "the process's random state, so a resumed fit would see "
                 "other batches. Pass shuffle=False, or a tf.data.Dataset "
                 "shuffled with a seed, e.g. "
-                "`dataset.shuffle(n, seed=0, reshuffle_each_iteration=False)`, "
-                "or endless with steps_per_epoch."
+                "`dataset.shuffle(n, seed=0, reshuffle_each_iteration=False)`."
             )
         return x
     raise ValueError(
@@ -90,13 +94,13 @@ def _is_arrays(x):
     )
 
 
-def _check_passes_repeat(dataset):
-    """Raises if two passes over `dataset` start with different batches.
+def _check_iterators_repeat(dataset):
+    """Raises if two fresh iterators of `dataset` start with different batches.
 
-    A resumed fit starts its epoch with a fresh pass, which must yield what
-    that epoch's pass yielded before: a check of the first batch catches
-    `shuffle(...)` with `reshuffle_each_iteration=True` (its default) and
-    unseeded random maps.
+    A resumed fit reads its data from a fresh iterator, which must yield
+    what the interrupted fit's did: a check of the first batch catches
+    `shuffle(...)` with `reshuffle_each_iteration=True` and unseeded random
+    maps.
     """
     first, second = (next(iter(dataset), None) for _ in range(2))
     same = keras.tree.map_structure(
@@ -104,10 +108,9 @@ def _check_passes_repeat(dataset):
     )
     if not all(keras.tree.flatten(same)):
         raise ValueError(
-            "Two passes over the dataset start with different batches, so "
-            "a fit resumed at a later epoch would not see that epoch's "
-            "batches. Shuffle with a seed and reshuffle_each_iteration=False "
+            "Two iterators of the dataset start with different batches, so a "
+            "resumed fit would not see the batches the interrupted one would "
+            "have. Shuffle with a seed and reshuffle_each_iteration=False "
             "(`dataset.shuffle(n, seed=0, reshuffle_each_iteration=False)`), "
-            "or make the dataset endless (`.repeat()` after a seeded "
-            "shuffle) and pass steps_per_epoch."
+            "and seed every random map."
         )
