@@ -141,8 +141,8 @@ class Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
-def small_fit(backup_dir, interrupt=None, save_freq=2, epochs=3, **fit_kwargs):
-    """Fits a fresh small FLix model (feature dropout, Dropout, LazyAdam)."""
+def small_problem():
+    """A fresh small FLix model (feature dropout, Dropout, LazyAdam) and data."""
     keras.utils.set_random_seed(0)
     model = dense_flix_model(dropout=0.3, feature_dropout=0.3)
     model.compile(optimizer=kf.optimizers.LazyAdam(1e-2), loss="mse")
@@ -150,14 +150,23 @@ def small_fit(backup_dir, interrupt=None, save_freq=2, epochs=3, **fit_kwargs):
     x = {"inputs": rng.standard_normal((40, 8)).astype("float32"),
          "feature_ids": np.stack([rng.integers(-1, 3, 40), rng.integers(-1, 2, 40)], 1)
          .astype("int32")}
-    y = rng.standard_normal((40, 4)).astype("float32")
-    data = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(
-        40, seed=1, reshuffle_each_iteration=False).batch(8)
-    callbacks = [kf.callbacks.BackupAndRestore(backup_dir, save_freq=save_freq)]
-    if interrupt:
-        callbacks.append(Interrupt(interrupt))
+    return model, x, rng.standard_normal((40, 4)).astype("float32")
+
+
+def small_fit(backup, interrupt=None, dataset=False, **fit_kwargs):
+    """Fits the small problem for 3 epochs with `backup`; `None` if interrupted.
+
+    The data: a seeded tf.data pipeline of 5 batches with `dataset`, else
+    the arrays.
+    """
+    model, x, y = small_problem()
+    data = (x, y)
+    if dataset:
+        data = (tf.data.Dataset.from_tensor_slices(data).shuffle(
+            40, seed=1, reshuffle_each_iteration=False).batch(8),)
+    callbacks = [backup] + ([Interrupt(interrupt)] if interrupt else [])
     try:
-        history = model.fit(data, epochs=epochs, callbacks=callbacks, verbose=0, **fit_kwargs)
+        history = model.fit(*data, epochs=3, callbacks=callbacks, verbose=0, **fit_kwargs)
     except KeyboardInterrupt:
         return None
     return [keras.ops.convert_to_numpy(v) for v in model.trainable_variables], history
@@ -172,9 +181,13 @@ def small_fit(backup_dir, interrupt=None, save_freq=2, epochs=3, **fit_kwargs):
     ],
 )
 def test_an_interrupted_fit_resumes_exactly_in_a_fresh_model(tmp_path, save_freq, interrupt):
-    expected, full = small_fit(tmp_path / "a", save_freq=save_freq)
-    assert small_fit(tmp_path / "b", interrupt=interrupt, save_freq=save_freq) is None
-    got, resumed = small_fit(tmp_path / "b", save_freq=save_freq)
+    def fit(directory, interrupt=None):
+        backup = kf.callbacks.BackupAndRestore(tmp_path / directory, save_freq=save_freq)
+        return small_fit(backup, interrupt, dataset=True)
+
+    expected, full = fit("a")
+    assert fit("b", interrupt) is None
+    got, resumed = fit("b")
     for a, b in zip(got, expected):
         np.testing.assert_array_equal(a, b)
     first = resumed.epoch[0]
@@ -185,27 +198,14 @@ def test_an_interrupted_fit_resumes_exactly_in_a_fresh_model(tmp_path, save_freq
 @pytest.mark.slow
 def test_keras_own_callback_does_not_resume_exactly(tmp_path):
     """Why keras_flix has its own: Keras' restores weights and the epoch only."""
-    def fit(interrupt):
-        keras.utils.set_random_seed(0)
-        model = dense_flix_model(dropout=0.3, feature_dropout=0.3)
-        model.compile(optimizer=kf.optimizers.LazyAdam(1e-2), loss="mse")
-        rng = np.random.default_rng(0)
-        x = {"inputs": rng.standard_normal((40, 8)).astype("float32"),
-             "feature_ids": rng.integers(0, 2, (40, 2)).astype("int32")}
-        y = rng.standard_normal((40, 4)).astype("float32")
-        callbacks = [keras.callbacks.BackupAndRestore(tmp_path / "keras")]
-        if interrupt:
-            callbacks.append(Interrupt(interrupt))
-        try:
-            model.fit(x, y, batch_size=8, epochs=3, shuffle=False, callbacks=callbacks,
-                      verbose=0)
-        except KeyboardInterrupt:
-            return None
-        return keras.ops.convert_to_numpy(model.flix_layers[0].adapter_b["language"])
+    def fit(interrupt=None):
+        backup = keras.callbacks.BackupAndRestore(tmp_path / "keras")
+        return small_fit(backup, interrupt, batch_size=8, shuffle=False)
 
-    expected = fit(None)
-    fit(8)  # backed up after epoch 0, interrupted in epoch 1
-    assert np.max(np.abs(fit(None) - expected)) > 1e-4
+    expected, _ = fit()
+    assert fit(8) is None  # backed up after epoch 0, interrupted in epoch 1
+    got, _ = fit()
+    assert max(np.max(np.abs(a - b)) for a, b in zip(got, expected)) > 1e-4
 
 
 def fit_with_backup(tmp_path, data, model=None, **fit_kwargs):
