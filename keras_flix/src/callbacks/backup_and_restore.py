@@ -12,6 +12,7 @@ from keras_flix.src import backend
 from keras_flix.src import keras_private
 from keras_flix.src.atomic_files import replaced_atomically
 from keras_flix.src.callbacks.resumable_data import at_epoch
+from keras_flix.src.callbacks.resumable_data import keeps_one_iterator
 
 _STATE_FILE = "training_state.npz"
 _PREVIOUS_STATE_FILE = "training_state.previous.npz"
@@ -114,7 +115,12 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._batches = 0  # of the current epoch, trained or skipped
         self._skipped_batches = 0  # of the current epoch, read and dropped
         self._unsaved_batches = 0
-        self._pending_random_state = None  # restored as the first step begins
+        self._one_iterator = False  # whether every epoch reads one iterator
+        # The framework's random state to restore, and when: "epoch_begin",
+        # "batch_begin" (before the next step) or "skipped" (after the
+        # batches skipped).
+        self._pending_random_state = None
+        self._restore_random_state_at = None
 
     def position_data(self, x, steps_per_epoch=None, shuffle=True):
         """Reads the backup, and returns `x` positioned for the coming fit.
@@ -133,6 +139,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._resume = self._read()
         epoch = self._resume[_POSITION_KEY]["epoch"] if self._resume else 0
         x = at_epoch(x, epoch, steps_per_epoch=steps_per_epoch, shuffle=shuffle)
+        self._one_iterator = keeps_one_iterator(x, steps_per_epoch)
         self._data_positioned = True
         return x
 
@@ -162,30 +169,43 @@ class BackupAndRestore(keras.callbacks.Callback):
         resume, self._resume = self._resume, None
         if resume is None:
             return
-        # The framework's random state as the backup found it: before the
-        # epoch's data iterator (torch's data loader draws from it) for a
-        # backup at an epoch's end, else after the last batch backed up.
-        random_state = {
+        # The framework's random state as the backup found it. Torch's data
+        # loader draws from it as each iterator starts: a backup at an
+        # epoch's end precedes the next epoch's iterator where every epoch
+        # starts one, and follows it where one serves the whole fit (this
+        # fit's first epoch starts its own); a backup mid-epoch follows the
+        # last batch it saw.
+        self._pending_random_state = {
             key[len(_RANDOM_STATE_PREFIX) :]: value
             for key, value in resume.items()
             if key.startswith(_RANDOM_STATE_PREFIX)
         }
         batches = resume[_POSITION_KEY]["batches"]
-        if not batches:
-            backend.set_framework_random_state(random_state)
-            return
-        self._restore(resume, ("metrics",))
-        self._skip(batches)
-        self._pending_random_state = random_state
+        if batches:
+            self._restore(resume, ("metrics",))
+            self._skip(batches)
+            self._restore_random_state_at = "skipped"
+        elif self._one_iterator:
+            self._restore_random_state_at = "batch_begin"
+        else:
+            self._restore_random_state_at = "epoch_begin"
+            self._restore_random_state("epoch_begin")
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._restore_random_state("batch_begin")
+
+    def _restore_random_state(self, moment):
+        if moment == self._restore_random_state_at:
+            backend.set_framework_random_state(self._pending_random_state)
+            self._pending_random_state = self._restore_random_state_at = None
 
     def on_train_batch_end(self, batch, logs=None):
         # Batches read and dropped while resuming were trained on before.
         trained = batch + 1 - max(self._batches, self._skipped_batches)
         self._batches = batch + 1
         self._unsaved_batches += max(trained, 0)
-        if self._pending_random_state is not None and self._batches >= self._skipped_batches:
-            backend.set_framework_random_state(self._pending_random_state)
-            self._pending_random_state = None
+        if self._batches >= self._skipped_batches:
+            self._restore_random_state("skipped")
         if self.save_freq != "epoch" and self._unsaved_batches >= self.save_freq:
             self._save()
 

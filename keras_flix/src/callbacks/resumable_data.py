@@ -53,21 +53,9 @@ def at_epoch(x, epoch, steps_per_epoch=None, shuffle=True):
     import tensorflow as tf
 
     if isinstance(x, tf.data.Dataset):
-        cardinality = int(x.cardinality())
-        if steps_per_epoch is not None and not 0 <= cardinality <= steps_per_epoch:
-            if cardinality >= 0:
-                raise ValueError(
-                    f"A fit with steps_per_epoch={steps_per_epoch} over a "
-                    f"dataset of {cardinality} batches continues each epoch "
-                    "where the previous one stopped, which a resumed fit "
-                    "cannot reproduce. Make the dataset endless "
-                    "(`dataset.repeat()`) or leave out steps_per_epoch."
-                )
-            _check_iterators_repeat(x)
-            # Endless (or of unknown length, taken to be endless): one
-            # iterator for the whole fit.
-            return x.skip(epoch * steps_per_epoch)
         _check_iterators_repeat(x)
+        if keeps_one_iterator(x, steps_per_epoch):
+            return x.skip(epoch * steps_per_epoch)
         return x
     if steps_per_epoch is None and _is_arrays(x):
         if shuffle:
@@ -85,6 +73,36 @@ def at_epoch(x, epoch, steps_per_epoch=None, shuffle=True):
         + (f" with steps_per_epoch={steps_per_epoch}" if steps_per_epoch else "")
         + "."
     )
+
+
+def keeps_one_iterator(x, steps_per_epoch):
+    """Whether `fit` draws every epoch from one iterator of `x`.
+
+    True for a `tf.data.Dataset` that is endless (or of unknown length,
+    taken to be endless) with `steps_per_epoch`; false where each epoch is
+    a fresh pass.
+
+    Raises:
+        ValueError: for a finite dataset with a smaller `steps_per_epoch`,
+            whose epochs continue where the previous one stopped until the
+            data runs out.
+    """
+    import tensorflow as tf
+
+    if steps_per_epoch is None or not isinstance(x, tf.data.Dataset):
+        return False
+    cardinality = int(x.cardinality())
+    if 0 <= cardinality <= steps_per_epoch:
+        return False
+    if cardinality >= 0:
+        raise ValueError(
+            f"A fit with steps_per_epoch={steps_per_epoch} over a dataset of "
+            f"{cardinality} batches continues each epoch where the previous "
+            "one stopped, which a resumed fit cannot reproduce. Make the "
+            "dataset endless (`dataset.repeat()`) or leave out "
+            "steps_per_epoch."
+        )
+    return True
 
 
 def _is_arrays(x):
