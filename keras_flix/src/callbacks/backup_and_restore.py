@@ -48,7 +48,9 @@ class BackupAndRestore(keras.callbacks.Callback):
     `keras_flix.data.mix`, with `steps_per_epoch`, or finite without it),
     or arrays with `shuffle=False`; `fit` refuses other data with an error
     saying what to pass (see `keras_flix.src.callbacks.resumable_data`).
-    Resuming reads (and drops) the batches before the resume point.
+    Resuming reads (and drops) the batches before the resume point; inside
+    the interrupted epoch it does so step by step, and other callbacks see
+    those steps as batches with the backed-up logs.
 
     The backup is one file, written atomically, so a process killed while
     writing it leaves the previous backup. Like Keras' callback, it belongs
