@@ -1,5 +1,6 @@
 """keras-flix: Featurized Low-rank Mixtures (FLix) for Keras 3 and KerasHub."""
 
+from keras_flix import callbacks
 from keras_flix import data
 from keras_flix import layers
 from keras_flix import optimizers
@@ -40,6 +41,7 @@ __all__ = [
     "FLixModel",
     "FeatureSchema",
     "INPUTS_KEY",
+    "callbacks",
     "current_feature_ids",
     "data",
     "export_peft",

@@ -41,6 +41,16 @@ def bert_inputs(batch, length=12, seed=0):
     }
 
 
+def dense_flix_model(schema=SCHEMA, rank=2, dropout=None, **retrofit_kwargs):
+    """A retrofitted `Dense(4, name="proj")` on 8 inputs, then `Dropout(dropout)`."""
+    inputs = keras.Input((8,))
+    outputs = keras.layers.Dense(4, name="proj")(inputs)
+    if dropout:
+        outputs = keras.layers.Dropout(dropout)(outputs)
+    base = keras.Model(inputs, outputs)
+    return kf.retrofit(base, schema, rank=rank, target_layers=["proj"], **retrofit_kwargs)
+
+
 def randomize_adapters(model, seed=0, scale=0.2):
     """Gives every adapter random values (B starts at zero otherwise)."""
     rng = np.random.default_rng(seed)
@@ -78,15 +88,19 @@ EQUATIONS = [
 ]
 
 
-def reference_kernel(layer, equation, ids_row):
-    """W0 + sum_t s_t reshape(A_t B_t), written out independently."""
+def reference_kernel(layer, equation, ids_row, ranks=RANKS, alphas=ALPHAS):
+    """W0 + sum_t s_t reshape(A_t B_t), written out independently.
+
+    `ranks` and `alphas` are the ones the layer was built with (by feature
+    type of `layer.schema`); `s_t = alphas[t] / ranks[t]`.
+    """
     inputs, rest = equation.split(",")
     kernel_term, output = rest.split("->")
     inputs = inputs.replace("...", "")
     kernel = to_numpy(layer.base_kernel).copy()
     contracted = [i for i, c in enumerate(kernel_term) if c in inputs]
     outputs = [i for i, c in enumerate(kernel_term) if c in output]
-    for t, feature_type in enumerate(SCHEMA.feature_types):
+    for t, feature_type in enumerate(layer.schema.feature_types):
         value = ids_row[t]
         if value < 0:
             continue
@@ -94,7 +108,7 @@ def reference_kernel(layer, equation, ids_row):
         b = to_numpy(layer.adapter_b[feature_type])[value]
         update = (a @ b).reshape([kernel.shape[i] for i in contracted + outputs])
         update = np.transpose(update, np.argsort(contracted + outputs))
-        kernel += ALPHAS[feature_type] / RANKS[feature_type] * update
+        kernel += alphas[feature_type] / ranks[feature_type] * update
     return kernel
 
 

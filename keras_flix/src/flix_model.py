@@ -23,6 +23,7 @@ it needs them: `compile` (the task's own arguments and `"auto"` defaults,
 attribute of the base model is reachable on the FLix model too.
 """
 
+import os
 import re
 
 import keras
@@ -34,6 +35,8 @@ from keras_flix.src.adapter_files import load_adapters
 from keras_flix.src.adapters import check_train_also
 from keras_flix.src.adapters import flix_layers
 from keras_flix.src.adapters import inject
+from keras_flix.src.atomic_files import replaced_atomically
+from keras_flix.src.callbacks.backup_and_restore import positioned_for_resume
 from keras_flix.src.config import FLixConfig
 from keras_flix.src.feature_scope import feature_scope
 from keras_flix.src.hub import Task
@@ -223,23 +226,26 @@ class FLixModel(keras.Model):
         )
 
     def fit(self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs):
-        if self.preprocessor is None:
-            return super().fit(x, y, batch_size, sample_weight=sample_weight, **kwargs)
-        if kwargs.get("validation_split"):
-            raise ValueError(
-                "`validation_split` cannot be used with a preprocessor; pass "
-                "`validation_data` instead."
-            )
-        validation_data = kwargs.pop("validation_data", None)
-        if validation_data is not None:
-            validation_data = self._preprocessed(
-                *unpack(validation_data), batch_size
-            )
-        return super().fit(
-            self._preprocessed(x, y, sample_weight, batch_size),
-            validation_data=validation_data,
-            **kwargs,
+        if self.preprocessor is not None:
+            if kwargs.get("validation_split"):
+                raise ValueError(
+                    "`validation_split` cannot be used with a preprocessor; pass "
+                    "`validation_data` instead."
+                )
+            if kwargs.get("validation_data") is not None:
+                kwargs["validation_data"] = self._preprocessed(
+                    *unpack(kwargs["validation_data"]), batch_size
+                )
+            x = self._preprocessed(x, y, sample_weight, batch_size)
+            y = batch_size = sample_weight = None
+        # A keras_flix.callbacks.BackupAndRestore resumes the data position.
+        x = positioned_for_resume(
+            x,
+            kwargs.get("callbacks"),
+            steps_per_epoch=kwargs.get("steps_per_epoch"),
+            shuffle=kwargs.get("shuffle", True),
         )
+        return super().fit(x, y, batch_size, sample_weight=sample_weight, **kwargs)
 
     def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs):
         if self.preprocessor is None or kwargs.get("_use_cached_eval_dataset"):
@@ -254,6 +260,30 @@ class FLixModel(keras.Model):
         if self.preprocessor is None:
             return super().predict(x, batch_size, **kwargs)
         return super().predict(self._preprocessed(x, None, None, batch_size), **kwargs)
+
+    def save(self, filepath, overwrite=True, zipped=None, **kwargs):
+        """Keras' `save`; a local `.keras` file is replaced atomically.
+
+        The file is written beside `filepath` and renamed over it once
+        complete, so a process killed while saving leaves the previous file
+        intact and loadable (see
+        `keras_flix.src.atomic_files.replaced_atomically`). Other
+        destinations (file objects, folders, remote paths, or an existing
+        file with `overwrite=False`, for which Keras asks first) are saved
+        by Keras as they are.
+
+        Args:
+            filepath, overwrite, zipped, **kwargs: as for `keras.Model.save`.
+        """
+        local_file = isinstance(filepath, (str, os.PathLike)) and (
+            os.fspath(filepath).endswith(".keras")
+            and "://" not in os.fspath(filepath)
+            and (overwrite or not os.path.exists(filepath))
+        )
+        if not local_file:
+            return super().save(filepath, overwrite=overwrite, zipped=zipped, **kwargs)
+        with replaced_atomically(filepath, suffix=".keras") as temporary:
+            super().save(temporary, zipped=zipped, **kwargs)
 
     def generate(
         self, inputs, max_length=None, stop_token_ids="auto", strip_prompt=False

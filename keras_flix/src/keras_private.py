@@ -46,6 +46,7 @@ RELIED_ON = (
     ("Adam", "_velocities", None, "LazyAdam's update of a table"),
     ("LayoutMap", "_layout_map", None, "adapter layouts derived from kernels"),
     ("symbolic_scope", "in_symbolic_scope", None, "ids seen during shape inference"),
+    ("Model", "_initial_epoch", None, "the epoch a resumed fit starts at"),
 )
 """Each private attribute relied on, and why (see `tests/test_keras_private.py`)."""
 
@@ -53,6 +54,15 @@ RELIED_ON = (
 def all_layers(layer):
     """Every layer under `layer` (itself included), each once."""
     return layer._flatten_layers(include_self=True, recursive=True)
+
+
+def set_initial_epoch(model, epoch):
+    """Makes the `fit` that is starting begin at `epoch` (`None`: as given).
+
+    Keras' trainers read it after the callbacks' `on_train_begin`, as
+    Keras' own `BackupAndRestore` uses it.
+    """
+    model._initial_epoch = epoch
 
 
 def remat_mode(layer):

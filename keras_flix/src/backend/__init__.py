@@ -23,7 +23,13 @@ the backend Keras runs on:
   SavedModel here; `saved_model_endpoint_options(shapes, constraints)`:
   what an export endpoint needs to keep the unknown sizes of its inputs
   unknown, and `DYNAMIC_SHAPE_ERRORS`, what tracing raises where it cannot;
-* `on_tpu()`: whether the model runs on TPU.
+* `on_tpu()`: whether the model runs on TPU;
+* `framework_random_state()` / `set_framework_random_state(state)`: the
+  framework's global random state that Keras draws from outside its seed
+  generators (torch's), as NumPy arrays by name;
+* `skip_train_function(logs, steps_per_execution)`: a stand-in for
+  `model.train_function` that consumes one step's batches without
+  training (resuming a fit mid-epoch).
 
 No other module imports jax or torch or asks which backend runs.
 """
@@ -43,11 +49,14 @@ DYNAMIC_SHAPE_ERRORS = _backend.DYNAMIC_SHAPE_ERRORS
 assert_in_range_in_graph = _backend.assert_in_range_in_graph
 check_saved_model_export = _backend.check_saved_model_export
 keras_trainer = _backend.keras_trainer
+framework_random_state = _backend.framework_random_state
 on_tpu = _backend.on_tpu
 refresh_parameter_registry = _backend.refresh_parameter_registry
 row_sparse_parts = _backend.row_sparse_parts
 row_sparse_train_step = _backend.row_sparse_train_step
 saved_model_endpoint_options = _backend.saved_model_endpoint_options
+set_framework_random_state = _backend.set_framework_random_state
+skip_train_function = _backend.skip_train_function
 sublayer_attributes = _backend.sublayer_attributes
 
 

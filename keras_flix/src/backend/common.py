@@ -54,3 +54,26 @@ def on_tpu():
     except (AttributeError, NotImplementedError):
         return False
     return any(device.lower().startswith("tpu") for device in devices)
+
+
+def skip_train_function(logs, steps_per_execution):
+    """A train function that drops its batches and returns `logs`.
+
+    Keras' torch loop pulls each step's batches before calling the train
+    function with them, so dropping them is not training on them.
+    """
+    del steps_per_execution
+
+    def skip(data):
+        return logs
+
+    return skip
+
+
+def framework_random_state():
+    """Keras draws every random number here from its seed generators."""
+    return {}
+
+
+def set_framework_random_state(state):
+    """Nothing to restore: see `framework_random_state`."""

@@ -30,6 +30,8 @@ from keras_flix.src.backend.common import assert_in_range_in_graph  # noqa: F401
 from keras_flix.src.backend.common import check_saved_model_export  # noqa: F401
 from keras_flix.src.backend.common import on_tpu  # noqa: F401
 from keras_flix.src.backend.common import refresh_parameter_registry  # noqa: F401
+from keras_flix.src.backend.common import framework_random_state  # noqa: F401
+from keras_flix.src.backend.common import set_framework_random_state  # noqa: F401
 from keras_flix.src.backend.common import sublayer_attributes  # noqa: F401
 from keras_flix.src.layers.selection_route import selection_route
 
@@ -172,3 +174,18 @@ def saved_model_endpoint_options(shapes, constraints):
             "with_gradient": False,
         }
     }
+
+
+def skip_train_function(logs, steps_per_execution):
+    """A train function that pulls its batches, drops them: state unchanged.
+
+    Keras' JAX train function takes `(state, iterator)` and pulls
+    `steps_per_execution` batches itself.
+    """
+
+    def skip(state, iterator):
+        for _ in range(steps_per_execution):
+            next(iterator)
+        return logs, state
+
+    return skip

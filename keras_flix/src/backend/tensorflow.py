@@ -7,6 +7,8 @@ from keras_flix.src.backend.common import DYNAMIC_SHAPE_ERRORS  # noqa: F401
 from keras_flix.src.backend.common import on_tpu  # noqa: F401
 from keras_flix.src.backend.common import refresh_parameter_registry  # noqa: F401
 from keras_flix.src.backend.common import saved_model_endpoint_options  # noqa: F401
+from keras_flix.src.backend.common import framework_random_state  # noqa: F401
+from keras_flix.src.backend.common import set_framework_random_state  # noqa: F401
 from keras_flix.src.backend.common import sublayer_attributes  # noqa: F401
 
 # The gradient of a gather is an `IndexedSlices` already: Keras' own step
@@ -59,3 +61,18 @@ def row_sparse_parts(gradient):
     if isinstance(gradient, tf.IndexedSlices):
         return gradient.indices, gradient.values
     return None
+
+
+def skip_train_function(logs, steps_per_execution):
+    """A train function that pulls its batches, drops them, returns `logs`.
+
+    Keras' TensorFlow train function takes the iterator and pulls
+    `steps_per_execution` batches itself.
+    """
+
+    def skip(iterator):
+        for _ in range(steps_per_execution):
+            next(iterator)
+        return logs
+
+    return skip

@@ -23,6 +23,7 @@ from keras_flix.src.backend.common import assert_in_range_in_graph  # noqa: F401
 from keras_flix.src.backend.common import DYNAMIC_SHAPE_ERRORS  # noqa: F401
 from keras_flix.src.backend.common import on_tpu  # noqa: F401
 from keras_flix.src.backend.common import saved_model_endpoint_options  # noqa: F401
+from keras_flix.src.backend.common import skip_train_function  # noqa: F401
 from keras_flix.src.layers.selection_route import selection_route
 
 
@@ -124,3 +125,27 @@ def check_saved_model_export():
             "and export it from a process with KERAS_BACKEND=jax or "
             "tensorflow: .keras files load on every backend."
         )
+
+
+def framework_random_state():
+    """torch's global random states, which Keras' unseeded dropout draws from.
+
+    Keras' torch `dropout` for a layer built without a seed takes
+    `torch.nn.functional.dropout`'s fast path, outside any Keras seed
+    generator; the data loader also draws its seed from here.
+    """
+    state = {"cpu": torch.get_rng_state().numpy()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for index, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
+            state[f"cuda{index}"] = cuda_state.numpy()
+    return state
+
+
+def set_framework_random_state(state):
+    """Restores what `framework_random_state` returned."""
+    for name, value in state.items():
+        value = torch.from_numpy(value.copy())
+        if name == "cpu":
+            torch.set_rng_state(value)
+        else:
+            torch.cuda.set_rng_state(value, int(name[len("cuda"):]))
