@@ -94,7 +94,6 @@ def head_around_retrofitted_backbone(feature_dropout, train_also):
     return keras.Model(inputs, outputs)
 
 
-@keras.saving.register_keras_serializable(package="tests")
 class SharedFLixLayerModel(keras.Model):
     """A subclassed model that calls one FLix layer twice (shared weights)."""
 
