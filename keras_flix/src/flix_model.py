@@ -242,6 +242,8 @@ class FLixModel(keras.Model):
         x = positioned_for_resume(
             x,
             kwargs.get("callbacks"),
+            y=y,
+            sample_weight=sample_weight,
             steps_per_epoch=kwargs.get("steps_per_epoch"),
             shuffle=kwargs.get("shuffle", True),
         )

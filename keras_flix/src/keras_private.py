@@ -47,6 +47,7 @@ RELIED_ON = (
     ("LayoutMap", "_layout_map", None, "adapter layouts derived from kernels"),
     ("symbolic_scope", "in_symbolic_scope", None, "ids seen during shape inference"),
     ("Model", "_initial_epoch", None, "the epoch a resumed fit starts at"),
+    ("Trainer", "_symbolic_build", None, "metrics built before a resumed epoch"),
 )
 """Each private attribute relied on, and why (see `tests/test_keras_private.py`)."""
 
@@ -63,6 +64,16 @@ def set_initial_epoch(model, epoch):
     Keras' own `BackupAndRestore` uses it.
     """
     model._initial_epoch = epoch
+
+
+def build_for_batch(model, batch):
+    """Builds `model`, its compiled loss and metrics for batches like `batch`.
+
+    Keras' jax and torch `fit` do this before the first step; its
+    TensorFlow `fit` (without a distribution strategy) only as the first
+    step is traced, too late for a metrics state restored before it.
+    """
+    model._symbolic_build(data_batch=batch)
 
 
 def remat_mode(layer):

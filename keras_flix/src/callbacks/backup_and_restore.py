@@ -12,6 +12,7 @@ from keras_flix.src import backend
 from keras_flix.src import keras_private
 from keras_flix.src.atomic_files import replaced_atomically
 from keras_flix.src.callbacks.resumable_data import at_epoch
+from keras_flix.src.callbacks.resumable_data import batch_spec
 from keras_flix.src.callbacks.resumable_data import keeps_one_iterator
 
 _STATE_FILE = "training_state.npz"
@@ -113,6 +114,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._previous_path = os.path.join(self.backup_dir, _PREVIOUS_STATE_FILE)
         self._resume = None  # the backup the coming fit resumes from
         self._data_positioned = False
+        self._batch_spec = None  # of the coming fit's data
         self._epoch = 0
         self._batches = 0  # of the current epoch, trained or skipped
         self._skipped_batches = 0  # of the current epoch, read and dropped
@@ -124,7 +126,8 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._pending_random_state = None
         self._restore_random_state_at = None
 
-    def position_data(self, x, steps_per_epoch=None, shuffle=True):
+    def position_data(self, x, y=None, sample_weight=None, steps_per_epoch=None,
+                      shuffle=True):
         """Reads the backup, and returns `x` positioned for the coming fit.
 
         `FLixModel.fit` calls it with its `x` (after any preprocessing) and
@@ -133,7 +136,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         of the epochs before the backup are skipped.
 
         Args:
-            x, steps_per_epoch, shuffle: as given to `fit`.
+            x, y, sample_weight, steps_per_epoch, shuffle: as given to `fit`.
 
         Returns:
             The `x` to fit on.
@@ -141,6 +144,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._resume = self._read()
         epoch = self._resume[_POSITION_KEY]["epoch"] if self._resume else 0
         x = at_epoch(x, epoch, steps_per_epoch=steps_per_epoch, shuffle=shuffle)
+        self._batch_spec = batch_spec(x, y, sample_weight)
         self._one_iterator = keeps_one_iterator(x, steps_per_epoch)
         self._data_positioned = True
         return x
@@ -184,6 +188,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         }
         batches = resume[_POSITION_KEY]["batches"]
         if batches:
+            keras_private.build_for_batch(self.model, self._batch_spec)
             self._restore(resume, ("metrics",))
             self._skip(batches)
             self._restore_random_state_at = "skipped"
@@ -326,11 +331,14 @@ class BackupAndRestore(keras.callbacks.Callback):
                 variable.assign(backup[f"{group}/{i}"])
 
 
-def positioned_for_resume(x, callbacks, steps_per_epoch=None, shuffle=True):
+def positioned_for_resume(
+    x, callbacks, y=None, sample_weight=None, steps_per_epoch=None, shuffle=True
+):
     """`x` as a fit with `callbacks` must get it (see `BackupAndRestore`).
 
     Args:
-        x, callbacks, steps_per_epoch, shuffle: as given to `fit`.
+        x, callbacks, y, sample_weight, steps_per_epoch, shuffle: as given
+            to `fit`.
 
     Returns:
         `x`, positioned by the `BackupAndRestore` among `callbacks` if any.
@@ -343,4 +351,6 @@ def positioned_for_resume(x, callbacks, steps_per_epoch=None, shuffle=True):
         )
     if not backups:
         return x
-    return backups[0].position_data(x, steps_per_epoch=steps_per_epoch, shuffle=shuffle)
+    return backups[0].position_data(
+        x, y, sample_weight, steps_per_epoch=steps_per_epoch, shuffle=shuffle
+    )

@@ -75,6 +75,45 @@ def at_epoch(x, epoch, steps_per_epoch=None, shuffle=True):
     )
 
 
+def batch_spec(x, y=None, sample_weight=None):
+    """What one batch that `fit` draws from the data looks like.
+
+    Args:
+        x, y, sample_weight: as given to `fit` (a `tf.data.Dataset` carries
+            its targets in `x`).
+
+    Returns:
+        The nested `keras.KerasTensor`s of one `(x, y, sample_weight)` batch
+        (of a dataset's elements), batch size unknown.
+
+    Example:
+
+    >>> import numpy as np
+    >>> inputs, targets, weights = batch_spec(np.zeros((10, 3)), np.zeros(10))
+    >>> inputs.shape, targets.shape, weights
+    ((None, 3), (None,), None)
+    """
+    import tensorflow as tf
+
+    def symbolic(leaf, batched):
+        # A dataset's elements are batches already; arrays hold all samples.
+        shape = tuple(leaf.shape)
+        return keras.KerasTensor(
+            (None,) + shape[1:] if batched else shape,
+            keras.backend.standardize_dtype(leaf.dtype),
+        )
+
+    if isinstance(x, tf.data.Dataset):
+        return keras.tree.map_structure(
+            lambda spec: symbolic(spec, batched=False), x.element_spec
+        )
+    return tuple(
+        None if part is None
+        else keras.tree.map_structure(lambda leaf: symbolic(leaf, batched=True), part)
+        for part in (x, y, sample_weight)
+    )
+
+
 def keeps_one_iterator(x, steps_per_epoch):
     """Whether `fit` draws every epoch from one iterator of `x`.
 
