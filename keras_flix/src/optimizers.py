@@ -35,15 +35,15 @@ class LazyAdam(keras.optimizers.Adam):
 
     With every row used at every step it computes exactly what Adam does.
 
-    Cost: the used rows of a table are gathered, updated and scattered back
-    in place, `max_sparse_rows` at a time (one round when a batch uses no
-    more rows than that), so the update costs in proportion to the rows
-    used, not to `n_values`. Finding the used rows reads the table's
-    gradient once. Compiled with XLA (jax, TensorFlow with `jit_compile`)
-    the rounds are a loop on the device; on torch the loop runs in Python
-    and reads one boolean per round (free on CPU, a sync on GPU). A table
-    with at most `max_sparse_rows` rows gets a masked update of the whole
-    table instead.
+    Cost: the used rows of a table are gathered, updated and written back
+    in place, so the update costs in proportion to the rows used, not to
+    `n_values`. On torch (eager) that is one gather and one in-place
+    `index_copy_` per table and moment. On jax and TensorFlow the rows go
+    `max_sparse_rows` at a time (one round when a batch uses no more rows
+    than that), as a loop on the device that XLA compiles to in-place
+    updates of the donated buffers; a table with at most `max_sparse_rows`
+    rows gets a masked update of the whole table instead. Finding the used
+    rows of a dense gradient reads it once.
 
     Gradients: a dense table gradient is read once to find the used rows.
     Row-sparse gradients skip even that: TensorFlow makes them itself (the
@@ -64,10 +64,11 @@ class LazyAdam(keras.optimizers.Adam):
     Args:
         learning_rate, beta_1, beta_2, epsilon: as for
             `keras.optimizers.Adam` (no `amsgrad`).
-        max_sparse_rows: how many rows per table one round of the update
-            gathers and scatters. Each round moves this many rows whether
-            used or not, so about the number of distinct values a batch
-            uses (at most the batch size) is best; fewer means more rounds.
+        max_sparse_rows: on jax and TensorFlow, how many rows per table one
+            round of the update gathers and scatters. Each round moves this
+            many rows whether used or not, so about the number of distinct
+            values a batch uses (at most the batch size) is best; fewer
+            means more rounds. (torch updates exactly the used rows.)
         sparse_gradients: on jax and torch, let `fit` compute row-sparse
             table gradients (see above). `False` gives Keras' own step.
         **kwargs: the base optimizer's arguments (`weight_decay`,
@@ -194,6 +195,21 @@ class LazyAdam(keras.optimizers.Adam):
             return p - m * alpha / (ops.sqrt(v) + self.epsilon), m, v
 
         sparse = backend.row_sparse_parts(gradient)
+        if backend.assign_rows is not None:
+            # Eager: gather the used rows, update them, write them back in
+            # place; nothing of the table's size is computed or copied.
+            if sparse is not None:
+                rows, g = sparse  # each row once, its repeats summed
+                g = ops.cast(g, dtype)
+            else:
+                gradient = ops.cast(ops.convert_to_tensor(gradient), dtype)
+                rows = ops.nonzero(_nonzero_rows(gradient))[0]
+                g = ops.take(gradient, rows, axis=0)
+            keep = ops.reshape(_nonzero_rows(g), (-1,) + row_shape[1:])
+            old = [ops.take(t, rows, axis=0) for t in (p, m, v)]
+            for target, n, o in zip((variable, m_variable, v_variable), adam(g, *old), old):
+                backend.assign_rows(target, rows, ops.where(keep, n, o))
+            return
         if sparse is not None:
             # A row-sparse gradient: the rows it names, repeats included, and
             # their values. It is never made dense; each round sums the

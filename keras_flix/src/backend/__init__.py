@@ -15,6 +15,9 @@ the backend Keras runs on:
   takes the place of (`None` there too);
 * `row_sparse_parts(gradient)`: `(row indices, row values)` of a
   row-sparse gradient, else `None`;
+* `assign_rows(variable, rows, values)`: writes rows of a variable in
+  place, where the backend runs eagerly (torch); `None` where updates are
+  functional and XLA makes them in place;
 * `refresh_parameter_registry(layer)`: re-registers a layer's variables
   with its framework module after model surgery;
 * `sublayer_attributes(layer)`: the attributes a framework keeps
@@ -47,6 +50,7 @@ _backend = importlib.import_module(
 
 DYNAMIC_SHAPE_ERRORS = _backend.DYNAMIC_SHAPE_ERRORS
 assert_in_range_in_graph = _backend.assert_in_range_in_graph
+assign_rows = _backend.assign_rows
 check_saved_model_export = _backend.check_saved_model_export
 keras_trainer = _backend.keras_trainer
 framework_random_state = _backend.framework_random_state

@@ -36,6 +36,10 @@ def refresh_parameter_registry(layer):
     """Keras layers keep no framework-level parameter registry here."""
 
 
+assign_rows = None
+"""No in-place row writes: updates are functional, compiled in place by XLA."""
+
+
 def row_sparse_parts(gradient):
     """This backend makes no row-sparse gradients."""
     return None

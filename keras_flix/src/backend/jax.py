@@ -26,6 +26,7 @@ from jax.experimental import sparse as jax_sparse
 from keras.src.backend.jax.trainer import JAXTrainer as keras_trainer  # noqa: F401
 
 from keras_flix.src import keras_private
+from keras_flix.src.backend.common import assign_rows  # noqa: F401
 from keras_flix.src.backend.common import assert_in_range_in_graph  # noqa: F401
 from keras_flix.src.backend.common import check_saved_model_export  # noqa: F401
 from keras_flix.src.backend.common import on_tpu  # noqa: F401

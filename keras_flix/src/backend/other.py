@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from keras_flix.src.backend.common import assign_rows  # noqa: F401
 from keras_flix.src.backend.common import assert_in_range_in_graph  # noqa: F401
 from keras_flix.src.backend.common import check_saved_model_export  # noqa: F401
 from keras_flix.src.backend.common import DYNAMIC_SHAPE_ERRORS  # noqa: F401

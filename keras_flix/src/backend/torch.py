@@ -93,8 +93,17 @@ def host_value(x):
     return x.detach().numpy()
 
 
+def assign_rows(variable, rows, values):
+    """Writes `values` into the rows `rows` (distinct) of `variable`, in place.
+
+    `ops.scatter_update` would copy the whole table to change a few rows.
+    """
+    with torch.no_grad():
+        variable.value.index_copy_(0, rows.long(), values.to(variable.value.dtype))
+
+
 def row_sparse_parts(gradient):
-    """`(indices, values)` of a sparse COO tensor of rows."""
+    """`(indices, values)` of a sparse COO tensor of rows, each row once."""
     if isinstance(gradient, torch.Tensor) and gradient.is_sparse:
         gradient = gradient.coalesce()
         return gradient.indices()[0], gradient.values()
