@@ -17,6 +17,9 @@ configurations:
 * `flix_v8_one_hot`: as `flix_v8`, with `compute_path="one_hot"`.
 * `merged_v8`: `keras_flix.merge` of `flix_v8` for one combination
   (inference only).
+* `flix_t1`, `flix_t2`, `flix_t4`, `flix_t8`: as `flix_v8` (8 values per
+  type, Adam), with the active rank 8 split among 1, 2, 4 or 8 feature
+  types (rank 8, 4, 2, 1 each): what adding feature types costs.
 * `keras_lora_head`, `flix_v8_head`, `flix_v1024_lazy_head`: as
   `keras_lora`, `flix_v8`, `flix_v1024_lazy`, in the other common pattern:
   a user's Functional model with a `Dense` head around the adapted (or
@@ -57,10 +60,10 @@ Run:  KERAS_BACKEND=jax python benchmarks/speed.py [--json out.json]
 """
 
 import argparse
+import collections
 import gc
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -72,6 +75,9 @@ import numpy as np
 
 import keras_flix as kf
 from keras_flix.optimizers import LazyAdam
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import timing  # noqa: E402  (benchmarks/timing.py)
 
 FULL = {
     "vocabulary_size": 30522,
@@ -105,7 +111,7 @@ QUICK = {
     "warm_up_calls": 1,
     "memory_steps": 2,
 }
-FEATURE_TYPES = ("language", "task")
+FEATURE_TYPE_COUNTS = (1, 2, 4, 8)
 
 # (numerator, denominator, phase or "memory", target): the issue's targets.
 TARGETS = [
@@ -118,9 +124,16 @@ TARGETS = [
     # The same two training targets with a head around the adapted backbone.
     ("flix_v8_head", "keras_lora_head", "train", 1.05),
     ("flix_v1024_lazy_head", "flix_v8_head", "train", 1.05),
+    # The same total rank in 8 feature types as in 1.
+    ("flix_t8", "flix_t1", "train", 1.05),
+    ("flix_t8", "flix_t1", "infer", 1.05),
 ]
 # Further ratios, reported without a target.
 EXTRA_RATIOS = [
+    ("flix_t2", "flix_t1", "train"),
+    ("flix_t4", "flix_t1", "train"),
+    ("flix_t2", "flix_t1", "infer"),
+    ("flix_t4", "flix_t1", "infer"),
     ("flix_v64", "flix_v8", "train"),
     ("flix_v1024", "flix_v8", "train"),
     ("flix_v1024_lazy", "flix_v8_lazy", "train"),
@@ -135,27 +148,46 @@ EXTRA_RATIOS = [
 ]
 
 
-def configurations(settings):
-    """Name -> (kind, values per type, optimizer, compute_path, phases, head).
+class Configuration(collections.namedtuple(
+    "Configuration", "kind values optimizer compute_path phases head types",
+    defaults=(False, 2),
+)):
+    """One timed model.
 
-    `head`: the model trained is a Functional model with a `Dense` head
-    around the adapted backbone model, not that model itself.
+    Fields: `kind` ("frozen", "keras_lora", "flix" or "merged"), `values`
+    per feature type, `optimizer`, `compute_path`, `phases` timed, `head`
+    (the model trained is a Functional model with a `Dense` head around
+    the adapted backbone model, not that model itself) and `types`, the
+    number of feature types (the active rank is split evenly among them).
     """
+
+
+def configurations(settings):
+    """Name -> `Configuration`."""
     small, medium, large = settings["values"]
-    return {
-        "frozen": ("frozen", None, None, None, ("infer",), False),
-        "keras_lora": ("keras_lora", None, "adam", None, ("train",), False),
-        "flix_v8": ("flix", small, "adam", "auto", ("train", "infer"), False),
-        "flix_v64": ("flix", medium, "adam", "auto", ("train", "infer"), False),
-        "flix_v1024": ("flix", large, "adam", "auto", ("train", "infer"), False),
-        "flix_v8_lazy": ("flix", small, "lazy_adam", "auto", ("train",), False),
-        "flix_v1024_lazy": ("flix", large, "lazy_adam", "auto", ("train",), False),
-        "flix_v8_one_hot": ("flix", small, "adam", "one_hot", ("train", "infer"), False),
-        "merged_v8": ("merged", small, None, None, ("infer",), False),
-        "keras_lora_head": ("keras_lora", None, "adam", None, ("train",), True),
-        "flix_v8_head": ("flix", small, "adam", "auto", ("train",), True),
-        "flix_v1024_lazy_head": ("flix", large, "lazy_adam", "auto", ("train",), True),
+    both = ("train", "infer")
+    configs = {
+        "frozen": Configuration("frozen", None, None, None, ("infer",)),
+        "keras_lora": Configuration("keras_lora", None, "adam", None, ("train",)),
+        "flix_v8": Configuration("flix", small, "adam", "auto", both),
+        "flix_v64": Configuration("flix", medium, "adam", "auto", both),
+        "flix_v1024": Configuration("flix", large, "adam", "auto", both),
+        "flix_v8_lazy": Configuration("flix", small, "lazy_adam", "auto", ("train",)),
+        "flix_v1024_lazy": Configuration("flix", large, "lazy_adam", "auto", ("train",)),
+        "flix_v8_one_hot": Configuration("flix", small, "adam", "one_hot", both),
+        "merged_v8": Configuration("merged", small, None, None, ("infer",)),
+        "keras_lora_head": Configuration("keras_lora", None, "adam", None, ("train",), True),
+        "flix_v8_head": Configuration("flix", small, "adam", "auto", ("train",), True),
+        "flix_v1024_lazy_head": Configuration(
+            "flix", large, "lazy_adam", "auto", ("train",), True
+        ),
     }
+    # The same total rank split among 1, 2, 4, 8 feature types.
+    for types in FEATURE_TYPE_COUNTS:
+        configs[f"flix_t{types}"] = Configuration(
+            "flix", small, "adam", "auto", both, types=types
+        )
+    return configs
 
 
 MEMORY_PROBES = ("keras_lora", "flix_v8", "flix_v1024", "flix_v1024_lazy")
@@ -201,31 +233,19 @@ def backend_info():
     backend = keras.backend.backend()
     framework = {"jax": "jax", "tensorflow": "tensorflow", "torch": "torch"}[backend]
     module = __import__(framework)
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    memory_gb = None
-    try:
-        with open("/proc/meminfo") as f:
-            memory_gb = round(int(f.readline().split()[1]) / 2**20, 1)
-    except OSError:
-        pass
+    facts = timing.machine()
     return {
         "backend": backend,
         "versions": {
-            "python": platform.python_version(),
+            "python": facts["python"],
             "keras": keras.__version__,
             "keras_hub": keras_hub.__version__,
             framework: module.__version__,
         },
         "devices": _devices(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "memory_gb": memory_gb,
+        "cpu": facts["cpu"],
+        "cpu_count": facts["cpu_count"],
+        "memory_gb": facts["memory_gb"],
         "dtype_policy": keras.config.dtype_policy().name,
     }
 
@@ -245,7 +265,7 @@ def build(name, settings, configs, models=None):
     Returns:
         `(model, inputs, target)`, inputs and target as backend tensors.
     """
-    kind, num_values, optimizer, compute_path, _, head = configs[name]
+    kind, num_values, optimizer, compute_path, _, head, types = configs[name]
     batch, length = settings["batch_size"], settings["sequence_length"]
     rng = np.random.default_rng(0)
     inputs = {
@@ -282,31 +302,31 @@ def build(name, settings, configs, models=None):
         model = sequence_output(base)
     elif kind == "flix":
         schema = kf.FeatureSchema(
-            {t: [f"{t}_{i}" for i in range(num_values)] for t in FEATURE_TYPES}
+            {f"type{t}": [f"value{i}" for i in range(num_values)] for t in range(types)}
         )
         base = backbone()
         model = kf.retrofit(
             sequence_output(base),
             schema,
-            rank=settings["rank"] // 2,
+            rank=max(1, settings["rank"] // types),
             target_layers=["query", "value"],  # what `enable_lora` adapts
         )
         for layer in model.flix_layers:
             layer.compute_path = compute_path
         # Mixed combinations, absent features (-1) included.
-        inputs["feature_ids"] = rng.integers(-1, num_values, (batch, 2)).astype(
-            "int32"
-        )
+        inputs["feature_ids"] = rng.integers(
+            -1, num_values, (batch, types)
+        ).astype("int32")
     elif kind == "merged":
         source = models[f"flix_v{num_values}"][0] if models else None
         if source is None:
             source = build(f"flix_v{num_values}", settings, configs)[0]
-        model = kf.merge(source, {t: f"{t}_1" for t in FEATURE_TYPES})
+        model = kf.merge(source, {t: "value1" for t in source.schema.feature_types})
         model.trainable = False
     if head:
         outer_inputs = {
-            key: keras.Input((length,) if key != "feature_ids" else (2,), dtype="int32", name=key)
-            for key in inputs
+            key: keras.Input(value.shape[1:], dtype="int32", name=key)
+            for key, value in inputs.items()
         }
         outputs = keras.layers.Dense(settings["hidden_dim"], name="head")(
             model(outer_inputs)
@@ -338,7 +358,7 @@ def time_configurations(settings, configs, log):
         from `(configuration, phase)` to one time per round.
     """
     models, extras = {}, {}
-    for name, (kind, *_rest) in configs.items():
+    for name in configs:
         start = time.perf_counter()
         models[name] = build(name, settings, configs, models)
         model = models[name][0]
@@ -347,32 +367,21 @@ def time_configurations(settings, configs, log):
                 sum(int(_size(v.shape)) for v in model.trainable_variables)
             )
         }
-        for phase in configs[name][4]:
+        for phase in configs[name].phases:
             for _ in range(settings["warm_up_calls"]):
                 run_phase(phase, *models[name])
         extras[name]["build_and_warm_up_s"] = round(time.perf_counter() - start, 2)
         log(f"  warmed up {name} ({extras[name]['build_and_warm_up_s']} s)")
-    jobs = [(name, phase) for name in configs for phase in configs[name][4]]
-    samples = {job: [] for job in jobs}
-    cpu_samples = {job: [] for job in jobs}
-    for round_index in range(settings["rounds"]):
-        shift = round_index % len(jobs)
-        order = jobs[shift:] + jobs[:shift]
-        calls = {job: [] for job in jobs}
-        cpu_calls = {job: [] for job in jobs}
-        # Forward then backward: a drift in the machine's load within the
-        # round shifts every job's mean alike.
-        for name, phase in order + order[::-1]:
-            for _ in range(settings["calls"][phase]):
-                start, cpu_start = time.perf_counter(), time.process_time()
-                run_phase(phase, *models[name])
-                calls[(name, phase)].append(time.perf_counter() - start)
-                cpu_calls[(name, phase)].append(time.process_time() - cpu_start)
-        for job in jobs:
-            samples[job].append(statistics.fmean(calls[job]))
-            cpu_samples[job].append(statistics.fmean(cpu_calls[job]))
-        log(f"  round {round_index + 1}/{settings['rounds']}")
-    del models
+    jobs = {
+        (name, phase): (
+            lambda name=name, phase=phase: run_phase(phase, *models[name]),
+            settings["calls"][phase],
+        )
+        for name in configs
+        for phase in configs[name].phases
+    }
+    samples, cpu_samples = timing.interleaved_rounds(jobs, settings["rounds"], log)
+    models.clear()
     gc.collect()
     return samples, cpu_samples, extras
 
@@ -511,29 +520,6 @@ def finish_memory_probe(name, process, log):
     return result
 
 
-def summarize(samples, cpu_samples):
-    return {
-        "median_s": statistics.median(samples),
-        "min_s": min(samples),
-        "cpu_median_s": statistics.median(cpu_samples),
-        "samples_s": [round(s, 5) for s in samples],
-        "cpu_samples_s": [round(s, 5) for s in cpu_samples],
-    }
-
-
-def ratio(samples, cpu_samples, numerator, denominator, phase):
-    a, b = samples.get((numerator, phase)), samples.get((denominator, phase))
-    if not a or not b:
-        return None
-    cpu_a, cpu_b = cpu_samples[(numerator, phase)], cpu_samples[(denominator, phase)]
-    return {
-        "value": statistics.median(x / y for x, y in zip(a, b)),
-        "ratio_of_medians": statistics.median(a) / statistics.median(b),
-        "ratio_of_minimums": min(a) / min(b),
-        "cpu_value": statistics.median(x / y for x, y in zip(cpu_a, cpu_b)),
-    }
-
-
 def memory_figure(memory, name):
     """The figure memory ratios use: XLA's buffers on jax, else RSS."""
     probe = memory.get(name)
@@ -560,7 +546,9 @@ def collect_ratios(samples, cpu_samples, memory):
             if ra and rb:
                 row["rss_ratio"] = ra / rb
         else:
-            row = ratio(samples, cpu_samples, numerator, denominator, phase)
+            row = timing.ratio(
+                samples, cpu_samples, (numerator, phase), (denominator, phase)
+            )
             if row is None:
                 continue
         row.update(
@@ -608,21 +596,22 @@ def print_report(info, settings, samples, cpu_samples, extras, memory, ratios, c
         print(f"{name:<21}" + "".join(cells))
     print(
         "\nRatios: median over rounds of the per-round ratio (wall-clock), the "
-        "same for CPU time,\nand the ratios of the medians and of the minimums "
-        "(wall-clock). Memory: XLA buffers on jax, TensorFlow's allocator peak on "
+        "same for CPU time,\nits spread over rounds, and the ratios of the medians and "
+        "of the minimums (wall-clock). Memory: XLA buffers on jax, TensorFlow's allocator peak on "
         "tensorflow, RSS on torch."
     )
     print(
-        f"{'ratio':<42}{'median':>8}{'cpu':>8}{'of med':>8}{'of min':>8}"
-        f"{'target':>8}  met"
+        f"{'ratio':<42}{'median':>8}{'cpu':>8}{'spread':>14}{'of med':>8}"
+        f"{'of min':>8}{'target':>8}  met"
     )
     nan = float("nan")
     for row in ratios:
         target = f"{row['target']:8.2f}" if row["target"] else f"{'':8}"
         met = {True: "yes", False: "NO", None: ""}[row["met"]]
+        spread = f"{row.get('min', nan):.3f}-{row.get('max', nan):.3f}"
         print(
             f"{row['name']:<42}{row['value']:8.3f}{row.get('cpu_value', nan):8.3f}"
-            f"{row.get('ratio_of_medians', nan):8.3f}"
+            f"{spread:>14}{row.get('ratio_of_medians', nan):8.3f}"
             f"{row.get('ratio_of_minimums', nan):8.3f}{target}  {met}"
         )
 
@@ -677,15 +666,16 @@ def main(argv=None):
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
         "configurations": {
             name: {
-                "kind": spec[0],
-                "values_per_type": spec[1],
-                "optimizer": spec[2],
-                "compute_path": spec[3],
-                "head_around_backbone": spec[5],
+                "kind": spec.kind,
+                "values_per_type": spec.values,
+                "feature_types": spec.types if spec.kind == "flix" else None,
+                "optimizer": spec.optimizer,
+                "compute_path": spec.compute_path,
+                "head_around_backbone": spec.head,
                 **extras[name],
                 **{
-                    phase: summarize(samples[(name, phase)], cpu_samples[(name, phase)])
-                    for phase in spec[4]
+                    phase: timing.summarize(samples[(name, phase)], cpu_samples[(name, phase)])
+                    for phase in spec.phases
                 },
                 "memory": memory.get(name),
             }

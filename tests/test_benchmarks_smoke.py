@@ -59,3 +59,45 @@ def test_quick_run_writes_well_formed_json(tmp_path):
         row = ratios[name]
         assert math.isfinite(row["value"]) and row["value"] > 0
         assert isinstance(row["met"], bool) and row["target"] > 1
+
+
+PEFT_SCRIPT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "peft_comparison.py")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch",
+    reason="PEFT is a torch library: the comparison runs in the torch test process",
+)
+def test_peft_comparison_quick_run_writes_well_formed_json(tmp_path):
+    path = tmp_path / "peft.json"
+    done = subprocess.run(
+        [sys.executable, PEFT_SCRIPT, "--quick", "--values", "2", "3", "--json", str(path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "KERAS_BACKEND": "torch"},
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(path.read_text())
+    assert set(results["configurations"]) == {
+        "kerashub_base", "flix_n2", "flix_n3", "hf_base", "peft_n2", "peft_n3"
+    }
+    assert [row["values"] for row in results["overheads"]] == [2, 3]
+    for row in results["overheads"]:
+        for key in ("flix_over_its_base", "peft_over_its_base", "flix_relative_to_peft"):
+            assert math.isfinite(row[key]["value"]) and row[key]["value"] > 0
+            assert row[key]["min"] <= row[key]["value"] <= row[key]["max"]
+        assert isinstance(row["met"], bool)
+
+
+def test_peft_comparison_refuses_another_backend():
+    done = subprocess.run(
+        [sys.executable, PEFT_SCRIPT, "--quick"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "KERAS_BACKEND": "jax"},
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "run it with KERAS_BACKEND=torch (found 'jax')" in done.stderr
