@@ -132,8 +132,13 @@ def write_report(path, results, titles):
     lines += [
         "## Learning rates",
         "",
-        f"Learning rates are chosen on the dev split only, from the grid "
-        f"{config['lr_grid']}; the last column says how each was set for this study.",
+        "Learning rates are chosen on the dev split only"
+        + (
+            f"; this study ran the grid {config['lr_grid']} on dev and kept each "
+            "method's best."
+            if config["lr_grid"]
+            else "; this study ran no grid: the last column says where each came from."
+        ),
         "",
         markdown_table(
             ["method", "peak learning rate", "how it was set"],

@@ -548,7 +548,8 @@ def main(argv=None):
         "optimizer": args.optimizer,
         "lr": {m: lr for m, (lr, _) in learning_rates.items()},
         "lr_source": {m: source for m, (_, source) in learning_rates.items()},
-        "lr_grid": list(args.lr_grid or LR_GRID),
+        # The grid this study ran (None: rates from CHOSEN_LR or --lr).
+        "lr_grid": list(args.lr_grid) if args.lr_grid else None,
         "lr_selection": selection,
         "lr_schedule": f"linear warm-up ({training.WARMUP_FRACTION:.0%}) then cosine decay to 0",
         "scaling": f"s = alpha / r with alpha = {methods_lib.ALPHA:g} for every method",
