@@ -252,3 +252,43 @@ def test_options_that_need_dense_gradients_turn_row_sparse_off():
     for bad in ("no", 0, None):
         with pytest.raises(ValueError, match="`sparse_gradients` must be True or False"):
             LazyAdam(sparse_gradients=bad)
+
+
+@row_sparse_step
+def test_a_step_traced_where_sparse_rows_cannot_be_runs_keras_step(monkeypatch):
+    """Under `torch.compile` the dispatcher keeps Keras' own (dense) step."""
+    from keras_flix.src import backend
+
+    expected_weights, expected_losses = fit_weights(retrofitted_backbone_model, False)
+    monkeypatch.setattr(backend, "row_sparse_step_traceable_here", lambda: False)
+    monkeypatch.setattr(
+        backend, "row_sparse_train_step", lambda *a, **k: pytest.fail("row-sparse step used")
+    )
+    weights, losses = fit_weights(retrofitted_backbone_model, True)
+    np.testing.assert_allclose(losses, expected_losses, rtol=1e-6)
+    for got, expected in zip(weights, expected_weights):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch",
+    reason="torch.compile is what jit_compile=True means on the torch backend",
+)
+def test_torch_compiled_lazy_adam_fit_trains_like_eager():
+    def fit(jit_compile):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((4,))
+        base = keras.Model(inputs, keras.layers.Dense(3, name="proj")(inputs))
+        model = kf.retrofit(base, SCHEMA, rank=2, target_layers=["proj"])
+        model.compile(optimizer=LazyAdam(0.01), loss="mse", jit_compile=jit_compile)
+        x = {"inputs": np.arange(24, dtype="float32").reshape(6, 4) / 24,
+             "feature_ids": MIXED_IDS}
+        history = model.fit(x, np.ones((6, 3), "float32"), batch_size=3, epochs=2,
+                            shuffle=False, verbose=0)
+        return [to_numpy(v) for v in model.trainable_variables], history.history["loss"]
+
+    (compiled, compiled_losses), (eager, eager_losses) = fit(True), fit(False)
+    np.testing.assert_allclose(compiled_losses, eager_losses, rtol=1e-5)
+    for a, b in zip(compiled, eager):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -18,7 +18,9 @@ adapter tables trains with the row-sparse step; every other model runs
 Keras' own step, unchanged. So a `FLixModel`, a Functional model with a
 head around a retrofitted backbone, a Sequential model or a subclassed one
 calling FLix layers all get it, without asking; a model that overrides
-`train_step` keeps its own.
+`train_step` keeps its own. A torch step compiled by `torch.compile`
+(`jit_compile=True`) runs Keras' own step too: its compiler cannot trace
+sparse COO tensors.
 """
 
 import functools
@@ -53,7 +55,7 @@ def _dispatching(keras_train_step):
     @functools.wraps(keras_train_step)
     def train_step(model, *args):
         tables = row_sparse_tables(model)
-        if not tables:
+        if not tables or not backend.row_sparse_step_traceable_here():
             return keras_train_step(model, *args)
         # Looked up per call, so that the backend's step can be observed.
         return backend.row_sparse_train_step(model, *args, tables=tables)

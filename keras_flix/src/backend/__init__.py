@@ -12,7 +12,9 @@ the backend Keras runs on:
 * `row_sparse_train_step`: the training step whose adapter-table gradients
   are row-sparse (`None` where the backend's own gradients already are),
   and `keras_trainer`, the Keras trainer class whose `train_step` it
-  takes the place of (`None` there too);
+  takes the place of (`None` there too), and
+  `row_sparse_step_traceable_here()`, whether the step being traced now
+  may be the row-sparse one (not under `torch.compile`);
 * `row_sparse_parts(gradient)`: `(row indices, row values)` of a
   row-sparse gradient, else `None`;
 * `assign_rows(variable, rows, values)`: writes rows of a variable in
@@ -58,6 +60,7 @@ on_tpu = _backend.on_tpu
 refresh_parameter_registry = _backend.refresh_parameter_registry
 row_sparse_parts = _backend.row_sparse_parts
 row_sparse_train_step = _backend.row_sparse_train_step
+row_sparse_step_traceable_here = _backend.row_sparse_step_traceable_here
 saved_model_endpoint_options = _backend.saved_model_endpoint_options
 set_framework_random_state = _backend.set_framework_random_state
 skip_train_function = _backend.skip_train_function

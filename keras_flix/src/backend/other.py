@@ -16,6 +16,7 @@ from keras_flix.src.backend.common import set_framework_random_state  # noqa: F4
 from keras_flix.src.backend.common import sublayer_attributes  # noqa: F401
 
 row_sparse_train_step = None
+row_sparse_step_traceable_here = None
 keras_trainer = None
 
 

@@ -15,6 +15,7 @@ from keras_flix.src.backend.common import sublayer_attributes  # noqa: F401
 # The gradient of a gather is an `IndexedSlices` already: Keras' own step
 # gives row-sparse table gradients.
 row_sparse_train_step = None
+row_sparse_step_traceable_here = None
 keras_trainer = None
 
 

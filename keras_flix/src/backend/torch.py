@@ -75,6 +75,11 @@ def row_sparse_train_step(model, data, tables):
     return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
 
+def row_sparse_step_traceable_here():
+    """False inside `torch.compile`, which cannot trace sparse COO tensors."""
+    return not torch.compiler.is_compiling()
+
+
 def _rows_gradient(uses, shape):
     """A table's gradient as a sparse COO tensor of its selected rows."""
     uses = [(rows, leaf.grad) for rows, leaf in uses if leaf.grad is not None]
