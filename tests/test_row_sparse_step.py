@@ -254,6 +254,7 @@ def test_options_that_need_dense_gradients_turn_row_sparse_off():
             LazyAdam(sparse_gradients=bad)
 
 
+@pytest.mark.slow
 @row_sparse_step
 def test_a_step_traced_where_sparse_rows_cannot_be_runs_keras_step(monkeypatch):
     """Under `torch.compile` the dispatcher keeps Keras' own (dense) step."""
