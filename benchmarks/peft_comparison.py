@@ -51,6 +51,7 @@ import transformers  # noqa: E402
 import keras_flix as kf  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bert  # noqa: E402  (benchmarks/bert.py)
 import timing  # noqa: E402  (benchmarks/timing.py)
 
 FULL = {
@@ -59,6 +60,7 @@ FULL = {
     "num_heads": 6,
     "hidden_dim": 384,
     "intermediate_dim": 1536,
+    "dropout": 0.0,
     "batch_size": 32,
     "sequence_length": 64,
     "rank": 8,
@@ -114,25 +116,16 @@ def token_batch(settings):
 def keras_models(settings, tokens):
     """The KerasHub base and one retrofitted copy per N: name -> forward call."""
 
-    def backbone():
-        keras.utils.set_random_seed(0)
-        return keras_hub.models.BertBackbone(
-            vocabulary_size=settings["vocabulary_size"],
-            num_layers=settings["num_layers"],
-            num_heads=settings["num_heads"],
-            hidden_dim=settings["hidden_dim"],
-            intermediate_dim=settings["intermediate_dim"],
-            max_sequence_length=settings["sequence_length"],
-            dropout=0.0,
-        )
-
     inputs = {key: torch.from_numpy(value) for key, value in tokens.items()}
-    calls = {"kerashub_base": _inference(backbone(), inputs)}
+    calls = {"kerashub_base": _inference(bert.random_backbone(settings), inputs)}
     batch = settings["batch_size"]
     for n in settings["values"]:
         schema = kf.FeatureSchema({"adapter": [f"a{i}" for i in range(n)]})
         model = kf.retrofit(
-            backbone(), schema, rank=settings["rank"], target_layers=TARGET_MODULES
+            bert.random_backbone(settings),
+            schema,
+            rank=settings["rank"],
+            target_layers=TARGET_MODULES,
         )
         ids = (np.arange(batch) % n).astype("int32")[:, None]
         calls[f"flix_n{n}"] = _inference(
@@ -144,7 +137,7 @@ def keras_models(settings, tokens):
 def hugging_face_models(settings, tokens):
     """The transformers base and one PEFT model per N: name -> forward call."""
 
-    def bert():
+    def transformers_bert():
         torch.manual_seed(0)
         config = transformers.BertConfig(
             vocab_size=settings["vocabulary_size"],
@@ -163,7 +156,7 @@ def hugging_face_models(settings, tokens):
         "token_type_ids": torch.from_numpy(tokens["segment_ids"]).long(),
         "attention_mask": torch.from_numpy(tokens["padding_mask"]).long(),
     }
-    calls = {"hf_base": _inference(bert(), keyword_inputs=inputs)}
+    calls = {"hf_base": _inference(transformers_bert(), keyword_inputs=inputs)}
     config = peft.LoraConfig(
         r=settings["rank"],
         lora_alpha=settings["rank"],
@@ -172,7 +165,7 @@ def hugging_face_models(settings, tokens):
     )
     batch = settings["batch_size"]
     for n in settings["values"]:
-        model = peft.get_peft_model(bert(), config, adapter_name="a0")
+        model = peft.get_peft_model(transformers_bert(), config, adapter_name="a0")
         for i in range(1, n):
             model.add_adapter(f"a{i}", config)
         model.eval()

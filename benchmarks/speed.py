@@ -77,6 +77,7 @@ import keras_flix as kf
 from keras_flix.optimizers import LazyAdam
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bert  # noqa: E402  (benchmarks/bert.py)
 import timing  # noqa: E402  (benchmarks/timing.py)
 
 FULL = {
@@ -279,16 +280,7 @@ def build(name, settings, configs, models=None):
     ).astype("float32")
 
     def backbone():
-        keras.utils.set_random_seed(0)
-        return keras_hub.models.BertBackbone(
-            vocabulary_size=settings["vocabulary_size"],
-            num_layers=settings["num_layers"],
-            num_heads=settings["num_heads"],
-            hidden_dim=settings["hidden_dim"],
-            intermediate_dim=settings["intermediate_dim"],
-            max_sequence_length=settings["sequence_length"],
-            dropout=settings["dropout"],
-        )
+        return bert.random_backbone(settings)
 
     def sequence_output(backbone):
         return keras.Model(backbone.input, backbone.output["sequence_output"])
