@@ -94,10 +94,16 @@ def reference_kernel(layer, equation, ids_row, ranks=RANKS, alphas=ALPHAS):
     `ranks` and `alphas` are the ones the layer was built with (by feature
     type of `layer.schema`); `s_t = alphas[t] / ranks[t]`.
     """
+    kernel = to_numpy(layer.base_kernel)
+    return kernel + reference_update(layer, equation, ids_row, kernel.shape, ranks, alphas)
+
+
+def reference_update(layer, equation, ids_row, kernel_shape, ranks=RANKS, alphas=ALPHAS):
+    """sum_t s_t reshape(A_t B_t), of shape `kernel_shape`, written out independently."""
     inputs, rest = equation.split(",")
     kernel_term, output = rest.split("->")
     inputs = inputs.replace("...", "")
-    kernel = to_numpy(layer.base_kernel).copy()
+    update = np.zeros(kernel_shape, "float32")
     contracted = [i for i, c in enumerate(kernel_term) if c in inputs]
     outputs = [i for i, c in enumerate(kernel_term) if c in output]
     for t, feature_type in enumerate(layer.schema.feature_types):
@@ -106,10 +112,10 @@ def reference_kernel(layer, equation, ids_row, ranks=RANKS, alphas=ALPHAS):
             continue
         a = to_numpy(layer.adapter_a[feature_type])[value]
         b = to_numpy(layer.adapter_b[feature_type])[value]
-        update = (a @ b).reshape([kernel.shape[i] for i in contracted + outputs])
-        update = np.transpose(update, np.argsort(contracted + outputs))
-        kernel += alphas[feature_type] / ranks[feature_type] * update
-    return kernel
+        product = (a @ b).reshape([kernel_shape[i] for i in contracted + outputs])
+        product = np.transpose(product, np.argsort(contracted + outputs))
+        update += alphas[feature_type] / ranks[feature_type] * product
+    return update
 
 
 def make_layer(equation, output_shape, bias_axes, **kwargs):

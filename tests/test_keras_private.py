@@ -39,6 +39,7 @@ def probes():
         "symbolic_scope": importlib.import_module(
             "keras.src.backend.common.symbolic_scope"
         ),
+        "quantizers": importlib.import_module("keras.src.quantizers.quantizers"),
     }
 
 

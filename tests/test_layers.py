@@ -240,13 +240,11 @@ def test_schema_must_be_a_feature_schema():
         kf.layers.FLixDense(4, schema=["en"], rank=2)
 
 
-def test_lora_and_quantization_are_refused():
+def test_keras_lora_is_refused():
     layer = kf.layers.FLixDense(4, schema=SCHEMA, rank=2)
     layer.build((None, 8))
     with pytest.raises(NotImplementedError, match="already carries FLix adapters"):
         layer.enable_lora(2)
-    with pytest.raises(NotImplementedError, match="cannot be quantized"):
-        layer.quantize("int8")
     lora = keras.layers.Dense(4)
     lora.build((None, 8))
     lora.enable_lora(2)

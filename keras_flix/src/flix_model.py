@@ -44,8 +44,10 @@ from keras_flix.src.inputs import join_feature_ids
 from keras_flix.src.inputs import split_feature_ids
 from keras_flix.src.inputs import standardize_feature_ids
 from keras_flix.src.layers.feature_dropout import FeatureDropout
+from keras_flix.src.layers.quantized_base import check_quantization_mode
 from keras_flix.src.preprocessing import preprocessed_dataset
 from keras_flix.src.preprocessing import unpack
+from keras_flix.src.surgery import refresh_parameter_registries
 
 
 @keras.saving.register_keras_serializable(package="keras_flix")
@@ -153,7 +155,9 @@ class FLixModel(keras.Model):
         """Freezes everything but the adapters and the `train_also` layers.
 
         Freezing happens at the variables, not at the layers: a frozen
-        container would hide the trainable adapters inside it.
+        container would hide the trainable adapters inside it. float8's
+        scaling statistics are not weights (Keras overwrites them with their
+        "gradients" in training) and keep updating.
         """
         self.base_model.trainable = True
         keep = {
@@ -162,8 +166,46 @@ class FLixModel(keras.Model):
         for layer in check_train_also(self.base_model, self.flix_config.train_also):
             keep.update(id(v) for v in layer.trainable_variables)
         for variable in self.base_model.trainable_variables:
-            if id(variable) not in keep:
+            if id(variable) not in keep and not variable.overwrite_with_gradient:
                 variable.trainable = False
+
+    def quantize(self, mode=None, config=None, filters=None, **kwargs):
+        """Quantizes the base model's kernels; the adapters stay float32.
+
+        The base model's own `quantize` runs (a KerasHub task resets its
+        generation function), FLix layers included: each keeps Keras'
+        quantized base call and adds its adapters' update to it. Afterwards
+        only the adapters (and `train_also` layers) train, as before.
+        Compile again before training: the compiled functions are reset.
+
+        Args:
+            mode: `"int8"`, `"int4"` or `"float8"` (see
+                `keras_flix.src.layers.quantized_base.SUPPORTED_MODES`).
+            config, filters, **kwargs: as for `keras.Model.quantize`.
+
+        Raises:
+            NotImplementedError: for another mode (GPTQ, AWQ), before
+                anything is quantized.
+
+        Example:
+
+        >>> import keras
+        >>> import keras_flix as kf
+        >>> inputs = keras.Input((8,))
+        >>> base = keras.Model(inputs, keras.layers.Dense(4, name="proj")(inputs))
+        >>> schema = kf.FeatureSchema({"language": ["en", "sw"]})
+        >>> model = kf.retrofit(base, schema, rank=2, target_layers=["proj"])
+        >>> model.quantize("int4")
+        >>> layer = model.flix_layers[0]
+        >>> layer.quantization_mode, [v.name for v in model.trainable_variables]
+        ('int4', ['flix_language_a', 'flix_language_b'])
+        """
+        resolved = config if isinstance(config, str) else getattr(config, "mode", None)
+        check_quantization_mode(mode or resolved, f"FLix model '{self.name}'")
+        self.base_model.quantize(mode, config=config, filters=filters, **kwargs)
+        self.train_function = self.test_function = self.predict_function = None
+        self._apply_trainability()
+        refresh_parameter_registries(self)
 
     def compile(self, *args, **kwargs):
         """Configures training (and, for a KerasHub task, generation).

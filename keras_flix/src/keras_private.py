@@ -15,6 +15,8 @@ whose API the code was written against.
 
 import contextlib
 
+import keras
+
 TESTED_KERAS_VERSIONS = ("3.15.1",)
 
 RELIED_ON = (
@@ -27,6 +29,10 @@ RELIED_ON = (
     ("Layer", "_track_variables", ("torch",), "refreshing torch's parameter registry"),
     ("Dense", "_kernel", None, "the frozen base kernel a FLix layer adapts"),
     ("EinsumDense", "_kernel", None, "the frozen base kernel a FLix layer adapts"),
+    ("Dense", "variable_serialization_spec", None, "a quantized base's variables"),
+    ("EinsumDense", "variable_serialization_spec", None, "a quantized base's variables"),
+    ("EinsumDense", "_adjust_scale_for_dequant", None, "dequantizing an int8 kernel"),
+    ("quantizers", "dequantize_with_sz_map", None, "dequantizing a grouped int4 kernel"),
     ("Functional", "_operations", None, "rewiring a Functional graph"),
     ("Functional", "_operations_by_depth", None, "rewiring a Functional graph"),
     ("Functional", "_nodes", None, "rewiring a Functional graph"),
@@ -94,6 +100,35 @@ def kernel(layer):
 def set_kernel(layer, variable):
     """Makes `variable` the kernel of a `Dense` / `EinsumDense` layer."""
     layer._kernel = variable
+
+
+def saved_variable_names(layer):
+    """The names of the variables Keras saves for a `Dense` / `EinsumDense`.
+
+    In Keras' order for the layer's quantization mode (`None` for a float
+    layer), `"kernel"` standing for the kernel variable; names of optional
+    variables the layer does not have (no bias; `kernel_zero` and `g_idx`
+    of per-channel int4) included. Public in Keras 3.15, but not in every
+    release the lower bound admits.
+    """
+    return layer.variable_serialization_spec[layer.quantization_mode]
+
+
+def int8_kernel_scale(layer):
+    """The scale of an int8 kernel, shaped to divide the kernel by.
+
+    `EinsumDense` stores its scale in the layout of its quantized einsum.
+    """
+    if isinstance(layer, keras.layers.EinsumDense):
+        return layer._adjust_scale_for_dequant(layer.kernel_scale)
+    return layer.kernel_scale
+
+
+def dequantize_grouped(values, scale, zero, group_ids):
+    """Keras' dequantization of grouped (sub-channel) int4 `[rows, columns]` values."""
+    from keras.src.quantizers.quantizers import dequantize_with_sz_map
+
+    return dequantize_with_sz_map(values, scale, zero, group_ids, group_axis=0)
 
 
 def compile_arguments(model):

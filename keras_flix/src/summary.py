@@ -41,7 +41,12 @@ def summary(model, print_fn=print):
         per_layer[layer.path] = counts
         for feature_type, count in counts.items():
             per_type[feature_type] = per_type.get(feature_type, 0) + count
-    trainable = sum(math.prod(v.shape) for v in model.trainable_variables)
+    # float8's scaling statistics are trainable only for Keras to overwrite.
+    trainable = sum(
+        math.prod(v.shape)
+        for v in model.trainable_variables
+        if not v.overwrite_with_gradient
+    )
     total = sum(math.prod(v.shape) for v in model.weights)
     if print_fn is not None:
         types = list(per_type)

@@ -107,6 +107,32 @@ def adapter_equations(equation, input_rank):
     )
 
 
+def kernel_shape(equation, input_shape, output_shape):
+    """The shape of an `EinsumDense` kernel, from its input and output shapes.
+
+    Every kernel axis of an equation `adapter_equations` accepts is an input
+    or an output axis, so its size is known without the kernel (which a
+    quantized layer may store packed).
+
+    Args:
+        equation: the layer's equation.
+        input_shape: the shape of its inputs.
+        output_shape: the shape of its outputs.
+
+    Returns:
+        The kernel shape, a tuple of ints.
+
+    Example:
+
+    >>> kernel_shape("abc,cde->abde", (None, 5, 8), (None, 5, 2, 4))
+    (8, 2, 4)
+    """
+    inputs, kernel, output = _split(equation)
+    inputs, output = _expand_ellipsis(equation, inputs, output, len(input_shape))
+    sizes = {**dict(zip(output, output_shape)), **dict(zip(inputs, input_shape))}
+    return tuple(int(sizes[letter]) for letter in kernel)
+
+
 def dense_equation(input_rank):
     """The `EinsumDense` equation that a `Dense` layer computes."""
     if input_rank < 2:

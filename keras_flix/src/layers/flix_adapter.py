@@ -2,6 +2,7 @@
 
 import contextlib
 import math
+import threading
 
 import keras
 import numpy as np
@@ -16,6 +17,9 @@ from keras_flix.src.inputs import standardize_feature_ids
 from keras_flix.src.feature_scope import current_feature_ids
 from keras_flix.src.feature_scope import feature_scope
 from keras_flix.src.layers.initializers import AdapterAInitializer
+from keras_flix.src.layers.quantized_base import base_variables
+from keras_flix.src.layers.quantized_base import check_quantization_mode
+from keras_flix.src.layers.quantized_base import dequantized_kernel
 from keras_flix.src.layers.selection import adapter_rows
 from keras_flix.src.layers.selection import check_compute_path
 from keras_flix.src.layers.selection import positions_per_example
@@ -23,6 +27,10 @@ from keras_flix.src.layers.selection import resolve_compute_path
 from keras_flix.src.layers.selection import select_rows
 from keras_flix.src.layers.selection_route import routed
 from keras_flix.src.schema import FeatureSchema
+
+# The FLix layers whose activation Keras' base call must not apply (by id).
+_deferred_activations = threading.local()
+
 
 class FLixAdapter:
     """Mixin adding per-feature low-rank updates to a `Dense`-like layer.
@@ -40,7 +48,10 @@ class FLixAdapter:
     adds nothing. An id outside the schema turns the example's output into
     NaN (only possible inside compiled graphs; eager calls raise).
 
-    The base kernel and bias are frozen; only the adapters train.
+    The base kernel and bias are frozen; only the adapters train. The base
+    may be quantized by Keras (`"int8"`, `"int4"`, `"float8"`: see
+    `keras_flix.src.layers.quantized_base`): its quantized call computes the
+    base, the adapters stay float32 and their update is added to it.
     """
 
     base_layer_class = None
@@ -59,14 +70,18 @@ class FLixAdapter:
     ):
         """Builds a FLix layer that adapts the built base `layer`.
 
-        The new layer has the base layer's configuration and name, shares
-        (does not copy) its kernel and bias, and places its adapter variables
-        under the base layer's path, e.g. `.../query/flix_language_a`.
+        The new layer has the base layer's configuration (its quantization
+        included) and name, and places its adapter variables under the base
+        layer's path, e.g. `.../query/flix_language_a`. A float base
+        layer's kernel and bias are shared, not copied. For a quantized base
+        Keras builds the quantized variables, with the state its quantized
+        call needs, and they take the base layer's values.
 
         Args:
             layer: a built layer of the FLix layer's base class (`Dense` for
-                `FLixDense`, `EinsumDense` for `FLixEinsumDense`), neither
-                quantized nor carrying Keras LoRA.
+                `FLixDense`, `EinsumDense` for `FLixEinsumDense`), float or
+                quantized in a mode of `quantized_base.SUPPORTED_MODES`,
+                without Keras LoRA.
             schema, rank, alpha, a_initializer, b_initializer, compute_path:
                 as for the constructor.
 
@@ -84,12 +99,7 @@ class FLixAdapter:
                 f"Layer '{layer.name}' is not built yet; build or call the "
                 "model once before adding FLix adapters."
             )
-        if layer.quantization_mode is not None:
-            raise ValueError(
-                f"Layer '{layer.path}' is quantized "
-                f"({layer.quantization_mode}); FLix adapters need a float "
-                "base kernel."
-            )
+        check_quantization_mode(layer.quantization_mode, f"Layer '{layer.path}'")
         if layer.lora_enabled:
             raise ValueError(
                 f"Layer '{layer.path}' already has Keras LoRA enabled; merge "
@@ -106,9 +116,7 @@ class FLixAdapter:
         )
         flix = cls.from_config(config)
         # Not Keras-tracked state: consumed and removed by `build`.
-        object.__setattr__(
-            flix, "_adopted_base", (keras_private.kernel(layer), layer.bias)
-        )
+        object.__setattr__(flix, "_adopted_base", layer)
         keras_private.set_remat_mode(flix, keras_private.remat_mode(layer))
         parent_path = layer.path.rpartition("/")[0]
         with contextlib.ExitStack() as scopes:
@@ -117,18 +125,26 @@ class FLixAdapter:
             flix.build(layer.get_build_config()["input_shape"])
         return flix
 
-    def _adopt_base(self):
-        """Takes over the base variables handed over by `from_base`, if any.
+    def _build_base(self, input_shape):
+        """Creates the base variables, or takes those of `from_base`'s layer.
 
         Returns:
-            Whether base variables were adopted (else `build` creates them).
+            Whether a float base layer's kernel and bias were taken over as
+            they are: Keras' `build` did not run, and the subclass sets the
+            input spec it would have set.
         """
-        adopted = self.__dict__.pop("_adopted_base", None)
-        if adopted is None:
-            return False
-        kernel, self.bias = adopted
-        keras_private.set_kernel(self, kernel)
-        return True
+        base = self.__dict__.pop("_adopted_base", None)
+        if base is not None and base.quantization_mode is None:
+            keras_private.set_kernel(self, keras_private.kernel(base))
+            self.bias = base.bias
+            return True
+        # Keras' build, which builds the quantized variables of the layer's
+        # mode and the state its quantized call reads.
+        super().build(input_shape)
+        if base is not None:
+            for own, adopted in zip(base_variables(self), base_variables(base)):
+                own.assign(adopted)
+        return False
 
     def _init_adapter(
         self, schema, rank, alpha, a_initializer, b_initializer, compute_path
@@ -174,12 +190,12 @@ class FLixAdapter:
             for v in (self.adapter_a[t], self.adapter_b[t])
         ]
 
-    def _base_variables(self):
-        return [v for v in (self.base_kernel, self.bias) if v is not None]
-
     def _freeze_base(self):
-        for variable in self._base_variables():
-            variable.trainable = False
+        # float8's scaling statistics are not weights: Keras overwrites them
+        # with their "gradients" in training, so they stay trainable.
+        for variable in base_variables(self):
+            if not variable.overwrite_with_gradient:
+                variable.trainable = False
 
     def _build_adapters(self, d_in, d_out):
         self._freeze_base()
@@ -257,19 +273,47 @@ class FLixAdapter:
             return super().__call__(inputs, *args, **kwargs)
 
     def call(self, inputs, feature_ids=None, training=None):
-        x = ops.add(
-            self._base_product(inputs),
-            self._adapter_delta(inputs, feature_ids, self._adapter_equations(inputs)),
+        return self._adapted_call(super().call, inputs, feature_ids, training)
+
+    def quantized_call(self, inputs, feature_ids=None, training=None):
+        return self._adapted_call(
+            super().quantized_call, inputs, feature_ids, training
         )
-        if self.bias is not None:
-            x = ops.add(x, self.bias)
+
+    def _adapted_call(self, base_call, inputs, feature_ids, training):
+        """The base layer's output plus the FLix update, then the activation.
+
+        `base_call` is Keras' own call of the base layer class for the
+        layer's mode: the float call, or the int8, int4 or float8 quantized
+        call (which may quantize the inputs too). Every mode adds the same
+        update, computed once from the float inputs, where Keras adds its
+        LoRA term: after the base product and bias, before the activation,
+        which Keras' call leaves out (`activation` reads `None` inside it).
+        """
+        delta = self._adapter_delta(
+            inputs, feature_ids, self._adapter_equations(inputs)
+        )
+        deferred = _deferred_activation_ids()
+        deferred.add(id(self))
+        try:
+            x = base_call(inputs, training=training)
+        finally:
+            deferred.discard(id(self))
+        x = ops.add(x, delta)
         if self.activation is not None:
             x = self.activation(x)
         return x
 
-    def _base_product(self, inputs):
-        """The base layer's product of `inputs` and the frozen kernel."""
-        raise NotImplementedError
+    @property
+    def activation(self):
+        """The activation; `None` while Keras' base call runs (see `call`)."""
+        if id(self) in _deferred_activation_ids():
+            return None
+        return self._flix_activation
+
+    @activation.setter
+    def activation(self, value):
+        self._flix_activation = value
 
     def _adapter_equations(self, inputs):
         """The `AdapterEquations` of the base product for these inputs."""
@@ -277,14 +321,30 @@ class FLixAdapter:
 
     @property
     def base_kernel(self):
-        """The frozen kernel variable of the base layer."""
+        """The frozen kernel variable of the base layer (int8 if quantized so;
+        int4 packs two values per byte into a matrix)."""
         return keras_private.kernel(self)
+
+    @property
+    def base_kernel_shape(self):
+        """The shape of the base kernel in float, whatever its quantization."""
+        return self._base_kernel_shape
+
+    def dequantized_kernel(self):
+        """The base kernel in float32, as the layer's base call sees it.
+
+        Returns:
+            A tensor of shape `base_kernel_shape`: the kernel of a float or
+            float8 layer, an int8 or int4 kernel divided by its scales
+            (see `keras_flix.src.layers.quantized_base.dequantized_kernel`).
+        """
+        return dequantized_kernel(self, self.base_kernel_shape)
 
     def _adapter_delta(self, inputs, feature_ids, equations):
         """The summed low-rank updates of each example's active features."""
         if feature_ids is None:
             feature_ids = current_feature_ids()
-        kernel_shape = self.base_kernel.shape
+        kernel_shape = self.base_kernel_shape
         types = self.schema.feature_types
         # All types at once, with NumPy constants: eager backends pay per op.
         num_values = np.array([self.schema.num_values[t] for t in types], "int32")
@@ -330,16 +390,18 @@ class FLixAdapter:
 
         Returns:
             `W0 + sum_t s_t * reshape(A_t[f_t] @ B_t[f_t])` as a tensor of the
-            base kernel's shape and dtype.
+            base kernel's shape and dtype; for a quantized base layer `W0`
+            is `dequantized_kernel()` and the result is float32 (`merge`
+            quantizes it again).
         """
         ids = self.schema.encode_checked(feature_ids)
         contracted_axes, output_axes = self.kernel_axes
-        kernel_shape = tuple(self.base_kernel.shape)
+        kernel_shape = self.base_kernel_shape
         permuted_shape = [kernel_shape[a] for a in contracted_axes + output_axes]
         inverse = [0] * len(kernel_shape)
         for position, axis in enumerate(contracted_axes + output_axes):
             inverse[axis] = position
-        kernel = ops.convert_to_tensor(self.base_kernel)
+        kernel = self.dequantized_kernel()
         for feature_type, value in zip(self.schema.feature_types, ids):
             if value < 0:
                 continue
@@ -386,17 +448,40 @@ class FLixAdapter:
             "adapters; Keras LoRA cannot be enabled on top of them."
         )
 
-    def quantize(self, *args, **kwargs):
-        raise NotImplementedError(
-            f"{type(self).__name__} '{self.name}' cannot be quantized: Keras' "
-            "quantized call paths bypass the FLix adapters. Merge the "
-            "adapters first (`keras_flix.merge`), then quantize."
-        )
+    def quantize(self, mode=None, type_check=True, config=None):
+        """Quantizes the base kernel as Keras quantizes its base layer class.
+
+        The adapters stay float32 and active: the layer computes Keras'
+        quantized base call plus the FLix update. What `model.quantize`
+        calls on each layer.
+
+        Args:
+            mode: `"int8"`, `"int4"` or `"float8"` (see
+                `quantized_base.SUPPORTED_MODES`).
+            type_check: ignored: Keras' check that refuses subclasses of
+                `Dense` / `EinsumDense`, which a FLix layer passes.
+            config: a `keras.quantizers.QuantizationConfig` for `mode`.
+
+        Example:
+
+        >>> import numpy as np
+        >>> import keras_flix as kf
+        >>> schema = kf.FeatureSchema({"language": ["en", "sw"]})
+        >>> layer = kf.layers.FLixDense(4, schema=schema, rank=2)
+        >>> ids = schema.encode([{"language": "sw"}])
+        >>> y = layer(np.ones((1, 8), "float32"), feature_ids=ids)
+        >>> layer.quantize("int8")
+        >>> layer.base_kernel.dtype, layer.adapter_a["language"].dtype
+        ('int8', 'float32')
+        """
+        check_quantization_mode(mode, f"{type(self).__name__} '{self.name}'")
+        super().quantize(mode, type_check=False, config=config)
+        self._freeze_base()
 
     def save_own_variables(self, store):
         if not self.built:
             return
-        for i, variable in enumerate(self._base_variables()):
+        for i, variable in enumerate(base_variables(self)):
             store[str(i)] = variable
         for variable in self.adapter_variables:
             store[variable.name] = variable
@@ -404,7 +489,7 @@ class FLixAdapter:
     def load_own_variables(self, store):
         if not self.built:
             return
-        base = {str(i): v for i, v in enumerate(self._base_variables())}
+        base = {str(i): v for i, v in enumerate(base_variables(self))}
         named = {v.name: v for v in self.adapter_variables}
         expected = {**base, **named}
         missing = sorted(set(expected) - set(store.keys()))
@@ -464,10 +549,16 @@ def default_name(kwargs, prefix):
 
 
 def reject_base_options(layer_name, kwargs):
-    """Raises if `kwargs` enable Keras LoRA or quantization on a FLix layer."""
-    for option in ("lora_rank", "lora_alpha", "quantization_config"):
+    """Raises if `kwargs` enable Keras LoRA on a FLix layer."""
+    for option in ("lora_rank", "lora_alpha"):
         if kwargs.pop(option, None) is not None:
             raise ValueError(
-                f"{layer_name} does not take `{option}`: Keras LoRA and "
-                "quantization bypass the FLix adapters."
+                f"{layer_name} does not take `{option}`: a FLix layer's "
+                "adapters take the place of Keras LoRA."
             )
+
+
+def _deferred_activation_ids():
+    if not hasattr(_deferred_activations, "ids"):
+        _deferred_activations.ids = set()
+    return _deferred_activations.ids

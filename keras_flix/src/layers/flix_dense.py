@@ -3,7 +3,6 @@
 import functools
 
 import keras
-from keras import ops
 
 from keras_flix.src.layers.adapter_equations import adapter_equations
 from keras_flix.src.layers.adapter_equations import dense_equation
@@ -41,7 +40,7 @@ class FLixDense(FLixAdapter, keras.layers.Dense):
             `keras_flix.src.layers.selection.COMPUTE_PATHS`).
         **kwargs: every other argument of `keras.layers.Dense` (activation,
             use_bias, initializers, regularizers, constraints, name, dtype,
-            ...), except `lora_rank` and `quantization_config`.
+            `quantization_config`, ...), except `lora_rank`.
 
     Call arguments:
         inputs: tensor of shape `[batch, ..., input_dim]`.
@@ -81,21 +80,15 @@ class FLixDense(FLixAdapter, keras.layers.Dense):
         )
 
     def build(self, input_shape):
-        if self._adopt_base():
-            self.input_spec = keras.InputSpec(
-                min_ndim=2, axes={-1: self.base_kernel.shape[0]}
-            )
-        else:
-            super().build(input_shape)
-        self._build_adapters(self.base_kernel.shape[0], self.units)
+        if self._build_base(input_shape):
+            self.input_spec = keras.InputSpec(min_ndim=2, axes={-1: input_shape[-1]})
+        self._base_kernel_shape = (input_shape[-1], self.units)
+        self._build_adapters(input_shape[-1], self.units)
 
     @property
     def kernel_axes(self):
         """`(contracted_axes, output_axes)` of the kernel: `((0,), (1,))`."""
         return (0,), (1,)
-
-    def _base_product(self, inputs):
-        return ops.matmul(inputs, self.kernel)
 
     def _adapter_equations(self, inputs):
         return _dense_adapter_equations(len(inputs.shape))

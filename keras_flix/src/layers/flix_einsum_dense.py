@@ -3,9 +3,9 @@
 import math
 
 import keras
-from keras import ops
 
 from keras_flix.src.layers.adapter_equations import adapter_equations
+from keras_flix.src.layers.adapter_equations import kernel_shape
 from keras_flix.src.layers.flix_adapter import FLixAdapter
 from keras_flix.src.layers.flix_adapter import default_name
 from keras_flix.src.layers.flix_adapter import reject_base_options
@@ -42,8 +42,8 @@ class FLixEinsumDense(FLixAdapter, keras.layers.EinsumDense):
             `"one_hot"` (same results; no gather or scatter, work grows with
             the number of values) or `"auto"` (picks per feature type; see
             `keras_flix.src.layers.selection.COMPUTE_PATHS`).
-        **kwargs: every other argument of `keras.layers.EinsumDense`, except
-            `lora_rank` and `quantization_config`.
+        **kwargs: every other argument of `keras.layers.EinsumDense`
+            (`quantization_config` included), except `lora_rank`.
 
     Call arguments:
         inputs: the input tensor; its first axis is the batch.
@@ -86,23 +86,21 @@ class FLixEinsumDense(FLixAdapter, keras.layers.EinsumDense):
     def build(self, input_shape):
         # Validate the equation before creating any variable.
         self._equations = adapter_equations(self.equation, len(input_shape))
-        if self._adopt_base():
+        if self._build_base(input_shape):
             self.input_spec = keras.InputSpec(ndim=len(input_shape))
-        else:
-            super().build(input_shape)
-        kernel_shape = self.base_kernel.shape
+        self._base_kernel_shape = kernel_shape(
+            self.equation, input_shape, self.compute_output_shape(input_shape)
+        )
+        shape = self._base_kernel_shape
         self._build_adapters(
-            math.prod(kernel_shape[a] for a in self._equations.contracted_axes),
-            math.prod(kernel_shape[a] for a in self._equations.output_axes),
+            math.prod(shape[a] for a in self._equations.contracted_axes),
+            math.prod(shape[a] for a in self._equations.output_axes),
         )
 
     @property
     def kernel_axes(self):
         """`(contracted_axes, output_axes)`: kernel axes flattened to d_in / d_out."""
         return self._equations.contracted_axes, self._equations.output_axes
-
-    def _base_product(self, inputs):
-        return ops.einsum(self.equation, inputs, self.kernel)
 
     def _adapter_equations(self, inputs):
         return self._equations
