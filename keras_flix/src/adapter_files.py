@@ -30,7 +30,10 @@ def save_adapters(model, path):
     holds no base weights: a few MB for a BERT-base-sized model. It records
     the schema, the ranks and scales, each adapted layer's base kernel shape
     and a fingerprint of the base kernels, so that `load_adapters` can tell
-    exactly what differs when it does not fit.
+    exactly what differs when it does not fit. A quantized kernel is
+    fingerprinted as its layer computes with it, dequantized: a base
+    quantized the same way (before or after `retrofit`) fits, its float
+    original does not.
 
     Args:
         model: a model returned by `keras_flix.retrofit` (or any model that
@@ -130,7 +133,8 @@ def _describe(layers):
     fingerprint = hashlib.sha256()
     described = {}
     for layer in layers:
-        kernel = keras.ops.convert_to_numpy(layer.base_kernel).astype("float32")
+        # A quantized kernel as its layer computes with it, in float.
+        kernel = keras.ops.convert_to_numpy(layer.dequantized_kernel()).astype("float32")
         fingerprint.update(layer.path.encode())
         fingerprint.update(np.ascontiguousarray(kernel).tobytes())
         settings = layer.adapter_config()

@@ -6,6 +6,7 @@ import numpy as np
 from keras_flix.src.adapters import require_flix_layers
 from keras_flix.src.config import LAYER_KEYS
 from keras_flix.src.layers.flix_adapter import FLixAdapter
+from keras_flix.src.layers.quantized_base import requantized
 from keras_flix.src.surgery import all_layers
 
 _FLIX_CLASSES = {
@@ -43,6 +44,23 @@ def merge(model, features, as_lora=False):
         heads and head size) the same update needs rank
         `n_heads * sum_t r_t`, and that is the rank used.
 
+        A model retrofitted on a quantized base (or quantized afterwards)
+        merges into the base architecture quantized as its base is. Its
+        int8 / int4 kernels are the merged kernels quantized again by Keras
+        (`quantize(dequantize(W0) + update)`, with each layer's own mode and
+        quantization config), which rounds the update to the quantization
+        grid: the merged model's outputs differ from the FLix model's by
+        the rounding of the update to that grid, not by float rounding
+        (`tests/test_quantized.py` measures it). A float8 kernel is kept in
+        float, `W0 + update`, but the float8 call rounds it to float8 in
+        every call, the update with it (the FLix model adds its update in
+        float). `layer.merged_kernel(features)` is a FLix layer's merged
+        kernel before re-quantization, in float32. With
+        `as_lora=True` the quantized base kernels stay as they are and carry
+        Keras LoRA, which Keras adds inside its int8 and int4 calls: exact,
+        as for a float base (Keras' float8 call refuses LoRA, so a float8
+        model cannot merge so).
+
     Example:
 
     >>> import numpy as np
@@ -69,6 +87,8 @@ def merge(model, features, as_lora=False):
     for layer in layers:
         if as_lora:
             _enable_lora(merged_layers[layer.path], layer, ids)
+        elif layer.quantization_mode in ("int8", "int4"):
+            values.update(requantized(layer, layer.merged_kernel(ids)))
         else:
             values[layer.base_kernel.path] = layer.merged_kernel(ids)
     for variable in merged.weights:
@@ -108,11 +128,13 @@ def _enable_lora(target, layer, ids):
     factors = layer.combination_factors(ids)
     if factors is None:
         return  # Every feature absent: the base layer as it is.
-    a, b = _keras_lora_factors(
-        *factors,
-        tuple(layer.base_kernel.shape),
-        *layer.kernel_axes,
-    )
+    if layer.quantization_mode == "float8":
+        raise NotImplementedError(
+            f"Cannot merge '{layer.path}' as Keras LoRA: its base is float8-"
+            "quantized, and Keras' float8 call does not run LoRA. Merge "
+            "with as_lora=False instead."
+        )
+    a, b = _keras_lora_factors(*factors, layer.base_kernel_shape, *layer.kernel_axes)
     target.enable_lora(a.shape[-1])
     target.lora_kernel_a.assign(a)
     target.lora_kernel_b.assign(b)

@@ -15,6 +15,7 @@ from keras import ops
 from keras import quantizers
 
 from keras_flix.src import keras_private
+from keras_flix.src.config import LAYER_KEYS
 
 SUPPORTED_MODES = ("int8", "int4", "float8")
 """The Keras quantization modes a FLix layer's base may have (or `None`)."""
@@ -31,7 +32,7 @@ def check_quantization_mode(mode, owner):
         `mode`.
 
     Raises:
-        NotImplementedError: for the modes Keras LoRA is not combined with
+        NotImplementedError: for the modes Keras runs no LoRA with
             (`"gptq"`, `"awq"`) or any other mode, naming the supported ones.
 
     Example:
@@ -41,13 +42,13 @@ def check_quantization_mode(mode, owner):
     >>> check_quantization_mode("gptq", "Layer 'query'")
     Traceback (most recent call last):
     ...
-    NotImplementedError: Layer 'query': FLix adapters are not supported with 'gptq' quantization, as Keras LoRA is not. Supported quantization modes: ('int8', 'int4', 'float8').
+    NotImplementedError: Layer 'query': FLix adapters are not supported with 'gptq' quantization (Keras runs no LoRA with it either). Supported quantization modes: ('int8', 'int4', 'float8').
     """
     if mode is not None and mode not in SUPPORTED_MODES:
         raise NotImplementedError(
             f"{owner}: FLix adapters are not supported with {mode!r} "
-            "quantization, as Keras LoRA is not. Supported quantization "
-            f"modes: {SUPPORTED_MODES}."
+            "quantization (Keras runs no LoRA with it either). Supported "
+            f"quantization modes: {SUPPORTED_MODES}."
         )
     return mode
 
@@ -117,3 +118,33 @@ def dequantized_kernel(layer, kernel_shape):
             values, scale, layer.kernel_zero, layer.g_idx
         )
     return ops.reshape(flat, kernel_shape)
+
+
+def requantized(layer, kernel):
+    """`layer`'s base variables with `kernel` quantized in the layer's place.
+
+    The kernel is quantized by Keras itself: a float layer of the base
+    layer class and configuration takes `kernel` (and the layer's bias) and
+    `quantize`s in the layer's mode with its quantization config.
+
+    Args:
+        layer: a built FLix layer whose base is int8 or int4.
+        kernel: a float kernel of shape `layer.base_kernel_shape`.
+
+    Returns:
+        A dict from the path of each of `layer`'s base variables to its new
+        value.
+    """
+    config = layer.get_config()
+    config = {key: value for key, value in config.items() if key not in LAYER_KEYS}
+    config.update(dtype=layer.variable_dtype, quantization_config=None)
+    plain = layer.base_layer_class.from_config(config)
+    plain.build(layer.get_build_config()["input_shape"])
+    keras_private.kernel(plain).assign(kernel)
+    if layer.bias is not None:
+        plain.bias.assign(layer.bias)
+    plain.quantize(layer.quantization_mode, config=layer.quantization_config)
+    return {
+        own.path: ops.convert_to_numpy(value)
+        for own, value in zip(base_variables(layer), base_variables(plain))
+    }
