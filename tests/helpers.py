@@ -1,5 +1,10 @@
 """Small models and data shared by the tests."""
 
+import contextlib
+import os
+import subprocess
+import sys
+
 import keras
 import keras_hub
 import numpy as np
@@ -309,3 +314,66 @@ def token_inputs(specs, batch, lengths, seed=0):
             value = np.zeros((batch, length))
         inputs[name] = value.astype(keras.backend.standardize_dtype(spec.dtype))
     return inputs
+
+
+def run_under(backend, script):
+    """Runs the Python `script` in a fresh process on `backend`; its stdout."""
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+class Block(keras.layers.Layer):
+    """A residual MLP block: gradient checkpointing recomputes its call."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.up = keras.layers.Dense(16, activation="tanh", name="up")
+        self.down = keras.layers.Dense(8, name="down")
+
+    def build(self, input_shape):
+        self.up.build(input_shape)
+        self.down.build(input_shape[:-1] + (16,))
+
+    def call(self, x):
+        return x + self.down(self.up(x))
+
+
+def train_steps(make_model, remat_scope, x, y, steps=3):
+    """Losses and trainable weights of `steps` SGD steps of the retrofitted
+    `make_model()`, built inside `remat_scope`."""
+    with remat_scope:
+        base = make_model()
+    model = kf.retrofit(base, SCHEMA, rank=2, target_layers=REMAT_TARGETS)
+    randomize_adapters(model, seed=3)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    losses = [float(model.train_on_batch(x, y)) for _ in range(steps)]
+    return losses, [to_numpy(v) for v in model.trainable_variables]
+
+
+REMAT_TARGETS = [r".*(up|down|query|value)"]
+"""What `train_steps` adapts: the blocks' and a BERT's projections."""
+
+
+def block_model():
+    """Two `Block`s, for gradient checkpointing (`keras.RematScope`) tests."""
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((4, 8))
+    hidden = Block(name="block_0")(inputs)
+    outputs = Block(name="block_1")(hidden)
+    return keras.Model(inputs, outputs)
+
+
+def assert_same_training(make_model, remat_scope, x, y):
+    """Training with `remat_scope` takes the steps training without it does."""
+    plain_losses, plain_weights = train_steps(
+        make_model, contextlib.nullcontext(), x, y
+    )
+    remat_losses, remat_weights = train_steps(make_model, remat_scope, x, y)
+    assert plain_losses[-1] < plain_losses[0]
+    np.testing.assert_allclose(remat_losses, plain_losses, rtol=1e-5)
+    for a, b in zip(remat_weights, plain_weights):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

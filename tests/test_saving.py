@@ -1,7 +1,5 @@
 import json
 import os
-import subprocess
-import sys
 import zipfile
 
 import keras
@@ -13,6 +11,7 @@ from helpers import SCHEMA
 from helpers import bert_inputs
 from helpers import max_relative_error
 from helpers import randomize_adapters
+from helpers import run_under
 from helpers import tiny_bert
 from helpers import tiny_classifier
 from helpers import to_numpy
@@ -63,15 +62,6 @@ out = model({{**bert_inputs(len(MIXED_IDS)), "feature_ids": MIXED_IDS}})
 np.save({out!r}, keras.ops.convert_to_numpy(out["pooled_output"]))
 print(type(model).__name__, keras.backend.backend())
 """
-
-
-def run_under(backend, script):
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
 
 
 @pytest.mark.slow

@@ -1,11 +1,11 @@
-import contextlib
-
 import keras
 import numpy as np
 import pytest
 from helpers import MIXED_IDS
 from helpers import SCHEMA
+from helpers import assert_same_training
 from helpers import bert_inputs
+from helpers import block_model
 from helpers import randomize_adapters
 from helpers import tiny_bert
 from helpers import tiny_classifier
@@ -145,57 +145,9 @@ def test_feature_dropout_reaches_the_layers_in_training():
     assert not np.allclose(inference, base)
 
 
-class Block(keras.layers.Layer):
-    """A residual MLP block: gradient checkpointing recomputes its call."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.up = keras.layers.Dense(16, activation="tanh", name="up")
-        self.down = keras.layers.Dense(8, name="down")
-
-    def build(self, input_shape):
-        self.up.build(input_shape)
-        self.down.build(input_shape[:-1] + (16,))
-
-    def call(self, x):
-        return x + self.down(self.up(x))
-
-
-def train_steps(make_model, remat_scope, x, y, steps=3):
-    with remat_scope:
-        base = make_model()
-    model = kf.retrofit(base, SCHEMA, rank=2, target_layers=TARGETS)
-    randomize_adapters(model, seed=3)
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
-    losses = [float(model.train_on_batch(x, y)) for _ in range(steps)]
-    return losses, [to_numpy(v) for v in model.trainable_variables]
-
-
-TARGETS = [r".*(up|down|query|value)"]
-
-
-def block_model():
-    keras.utils.set_random_seed(5)
-    inputs = keras.Input((4, 8))
-    hidden = Block(name="block_0")(inputs)
-    outputs = Block(name="block_1")(hidden)
-    return keras.Model(inputs, outputs)
-
-
 def pooled_bert():
     backbone = tiny_bert(seed=5)
     return keras.Model(backbone.input, backbone.output["pooled_output"])
-
-
-def assert_same_training(make_model, remat_scope, x, y):
-    plain_losses, plain_weights = train_steps(
-        make_model, contextlib.nullcontext(), x, y
-    )
-    remat_losses, remat_weights = train_steps(make_model, remat_scope, x, y)
-    assert plain_losses[-1] < plain_losses[0]
-    np.testing.assert_allclose(remat_losses, plain_losses, rtol=1e-5)
-    for a, b in zip(remat_weights, plain_weights):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_gradient_checkpointing_recomputes_with_the_forward_ids():
