@@ -65,7 +65,6 @@ import gc
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -78,6 +77,7 @@ from keras_flix.optimizers import LazyAdam
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bert  # noqa: E402  (benchmarks/bert.py)
+import peak_memory  # noqa: E402  (benchmarks/peak_memory.py)
 import timing  # noqa: E402  (benchmarks/timing.py)
 
 FULL = {
@@ -385,105 +385,11 @@ def _size(shape):
     return size
 
 
-def read_status(field):
-    """A `/proc/self/status` field in MiB (Linux), else `None`."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def trim_heap():
-    """Returns freed heap memory to the OS, so RSS counts live memory only."""
-    gc.collect()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def memory_probe(name, settings, configs):
     """Peak training memory of configuration `name` in this fresh process."""
-    keras.ops.convert_to_numpy(keras.ops.ones((2, 2)) + 1)  # Initialize the backend.
-    trim_heap()
-    baseline = read_status("VmRSS")
-    model, inputs, target = build(name, settings, configs)
-    for _ in range(2):
-        model.train_on_batch(inputs, target)
-    trim_heap()
-    steady = read_status("VmRSS")
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # Resets VmHWM, so compilation's peak does not count.
-        reset = True
-    except OSError:
-        reset = False
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.experimental.reset_memory_stats("CPU:0")
-    for _ in range(settings["memory_steps"]):
-        model.train_on_batch(inputs, target)
-    peak = read_status("VmHWM")
-    result = {
-        "method": "rss_high_water" if reset else "rss_high_water_including_compilation",
-        "peak_mb": None if peak is None else round(peak - baseline, 1),
-        "steady_mb": None if steady is None else round(steady - baseline, 1),
-    }
-    if keras.backend.backend() == "jax":
-        result["xla"] = xla_train_step_analysis(model, inputs, target)
-    elif keras.backend.backend() == "tensorflow":
-        # TensorFlow's own CPU allocator: every tensor the steps held, and
-        # nothing else (no executables, no allocator pools).
-        stats = tf.config.experimental.get_memory_info("CPU:0")
-        result["tensorflow_allocator"] = {
-            "peak_mb": round(stats["peak"] / 2**20, 1),
-            "current_mb": round(stats["current"] / 2**20, 1),
-        }
-    return result
-
-
-def xla_train_step_analysis(model, inputs, target):
-    """XLA's buffer sizes and cost estimate for the jitted `train_step`."""
-    import jax
-
-    state = model._get_jax_state(
-        trainable_variables=True,
-        non_trainable_variables=True,
-        optimizer_variables=True,
-        metrics_variables=True,
+    return peak_memory.training_memory(
+        lambda: build(name, settings, configs), settings["memory_steps"]
     )
-    compiled = (
-        jax.jit(model.train_step, donate_argnums=0)
-        .lower(state, (inputs, target, None))
-        .compile()
-    )
-    memory = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    mib = 2**20
-    return {
-        "peak_mb": round(
-            (
-                memory.argument_size_in_bytes
-                + memory.temp_size_in_bytes
-                + memory.output_size_in_bytes
-                - memory.alias_size_in_bytes
-            )
-            / mib,
-            1,
-        ),
-        "arguments_mb": round(memory.argument_size_in_bytes / mib, 1),
-        "temporaries_mb": round(memory.temp_size_in_bytes / mib, 1),
-        "gflops": round(cost.get("flops", 0.0) / 1e9, 2),
-        "gbytes_accessed": round(cost.get("bytes accessed", 0.0) / 1e9, 2),
-    }
 
 
 def start_memory_probe(args, name):
@@ -491,37 +397,7 @@ def start_memory_probe(args, name):
     flags = ["--" + f.replace("_", "-") for f in ("quick", "mixed_precision") if getattr(args, f)]
     if args.layers is not None:
         flags += ["--layers", str(args.layers)]
-    return subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--memory-probe", name, *flags],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def finish_memory_probe(name, process, log):
-    """Waits for a probe subprocess and returns its result."""
-    stdout, stderr = process.communicate()
-    lines = [line for line in stdout.splitlines() if line.startswith("MEMORY ")]
-    if process.returncode or not lines:
-        raise RuntimeError(
-            f"Memory probe '{name}' failed ({process.returncode}):\n{stderr[-3000:]}"
-        )
-    result = json.loads(lines[-1][len("MEMORY "):])
-    log(f"  memory {name}: {result}")
-    return result
-
-
-def memory_figure(memory, name):
-    """The figure memory ratios use: XLA's buffers on jax, else RSS."""
-    probe = memory.get(name)
-    if probe is None:
-        return None, None
-    if "xla" in probe:
-        return probe["xla"]["peak_mb"], "xla_buffer_assignment"
-    if "tensorflow_allocator" in probe:
-        return probe["tensorflow_allocator"]["peak_mb"], "tensorflow_allocator_peak"
-    return probe["peak_mb"], probe["method"]
+    return peak_memory.start_probe(__file__, ["--memory-probe", name, *flags])
 
 
 def collect_ratios(samples, cpu_samples, memory):
@@ -529,8 +405,8 @@ def collect_ratios(samples, cpu_samples, memory):
     for spec in [(*t, True) for t in TARGETS] + [(*e, None, False) for e in EXTRA_RATIOS]:
         numerator, denominator, phase, target, is_target = spec
         if phase == "memory":
-            a, method = memory_figure(memory, numerator)
-            b, _ = memory_figure(memory, denominator)
+            a, method = peak_memory.memory_figure(memory, numerator)
+            b, _ = peak_memory.memory_figure(memory, denominator)
             if a is None or b is None:
                 continue
             row = {"value": a / b, "method": method}
@@ -620,8 +496,7 @@ def main(argv=None):
             raise SystemExit(f"Unknown configurations {unknown}; known: {list(configs)}")
         configs = {name: configs[name] for name in names}
     if args.memory_probe:
-        result = memory_probe(args.memory_probe, settings, configs)
-        print("MEMORY " + json.dumps(result), flush=True)
+        peak_memory.print_result(memory_probe(args.memory_probe, settings, configs))
         return
     info = backend_info()
     if args.backend_info:
@@ -650,7 +525,7 @@ def main(argv=None):
         # Full runs probe one configuration at a time, after the timing, so
         # that nothing competes with the probe or with the timed steps.
         process = running.get(name) or start_memory_probe(args, name)
-        memory[name] = finish_memory_probe(name, process, log)
+        memory[name] = peak_memory.finish_probe(name, process, log)
     ratios = collect_ratios(samples, cpu_samples, memory)
     print_report(info, settings, samples, cpu_samples, extras, memory, ratios, configs)
     results = {

@@ -1,4 +1,5 @@
-"""`benchmarks/speed.py --quick` runs and writes well-formed results.
+"""`benchmarks/speed.py --quick` and `benchmarks/quantized.py --quick` run and
+write well-formed results.
 
 Speed itself is not asserted: timing targets belong to the benchmark's own
 report (see benchmarks/README.md), never to unit tests.
@@ -13,7 +14,8 @@ import sys
 import keras
 import pytest
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "speed.py")
+BENCHMARKS = os.path.join(os.path.dirname(__file__), "..", "benchmarks")
+SCRIPT = os.path.join(BENCHMARKS, "speed.py")
 # Enough for both inference targets and one memory probe, in well under a
 # minute; the other configurations only add more of the same kind.
 CONFIGURATIONS = ["frozen", "flix_v8", "merged_v8"]
@@ -101,3 +103,37 @@ def test_peft_comparison_refuses_another_backend():
     )
     assert done.returncode != 0
     assert "run it with KERAS_BACKEND=torch (found 'jax')" in done.stderr
+
+
+@pytest.mark.slow
+def test_quantized_quick_run_writes_well_formed_json(tmp_path):
+    path = tmp_path / "quantized.json"
+    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend()}
+    done = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, "quantized.py"), "--quick",
+         "--json", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(path.read_text())
+    assert results["info"]["backend"] == keras.backend.backend()
+    configurations = results["configurations"]
+    assert list(configurations) == ["float32", "int8", "int4"]
+    for result in configurations.values():
+        assert len(result["train"]["samples_s"]) == results["settings"]["rounds"]
+        assert result["memory"]["peak_mb"] > 0
+    # The quantized bases hold fewer bytes than the float one.
+    assert configurations["int4"]["weights_mb"] < configurations["int8"]["weights_mb"]
+    assert configurations["int8"]["weights_mb"] < configurations["float32"]["weights_mb"]
+    ratios = {row["name"]: row for row in results["ratios"]}
+    assert set(ratios) == {
+        f"{mode} / float32 ({phase})" for mode in ("int8", "int4") for phase in ("train", "memory")
+    }
+    for row in ratios.values():
+        assert math.isfinite(row["value"]) and row["value"] > 0
+    train = ratios["int8 / float32 (train)"]
+    assert train["min"] <= train["value"] <= train["max"]
+    assert isinstance(ratios["int8 / float32 (memory)"]["met"], bool)

@@ -462,8 +462,10 @@ def test_dequantized_merged_kernel(mode):
     assert low <= error < high, error
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(keras.backend.backend() == "torch", reason="export runs on jax and tensorflow")
+@pytest.mark.skipif(
+    keras.backend.backend() == "torch",
+    reason="SavedModel export runs on jax and tensorflow (torch refuses it: test_saving.py)",
+)
 @pytest.mark.parametrize("mode", MODES)
 def test_saved_model_export_of_a_quantized_model(mode, tmp_path):
     import tensorflow as tf

@@ -29,6 +29,19 @@ def test_readme_quickstart_runs(capsys):
     assert "Trainable parameters:" in printed
 
 
+def test_readme_qlora_example_runs(capsys):
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## QLoRA", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace = {}
+    exec(compile(code, str(README), "exec"), namespace)
+    # What the comment in the block says is printed.
+    assert "int8 int8 float32" in capsys.readouterr().out
+    model = namespace["model"]
+    assert {v.name.split("_")[-1] for v in model.trainable_variables} == {"a", "b"}
+    assert all(layer.quantization_mode == "int8" for layer in model.flix_layers)
+
+
 @pytest.mark.slow
 def test_quickstart_example_does_what_the_readme_says(monkeypatch, capsys):
     # README: the example retrofits a BertTextClassifier with its

@@ -2,7 +2,7 @@
 
 Keras has no public API for some of what FLix needs: rewiring a built model,
 carrying feature ids into gradient checkpointing, a training step and an
-optimizer update of its own. Every use of a private Keras attribute goes
+optimizer update of its own, the layouts of quantized kernels. Every use of a private Keras attribute goes
 through this module (the FLix layers, subclasses of `Dense` and
 `EinsumDense`, also use their base classes' `_kernel` through it), so a Keras
 release that changes one breaks here, and `tests/test_keras_private.py`

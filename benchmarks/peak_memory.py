@@ -1,0 +1,183 @@
+"""Peak training memory in a fresh process, shared by the benchmark scripts.
+
+A script measures a configuration by starting itself again with the
+arguments that name it (`start_probe`); that process builds the model, runs
+`training_memory` and prints its result (`print_result`), which the first
+process reads back (`finish_probe`). One process per configuration, so that
+no other model, compilation cache or allocator pool counts.
+"""
+
+import gc
+import json
+import os
+import subprocess
+import sys
+
+import keras
+
+
+def read_status(field):
+    """A `/proc/self/status` field in MiB (Linux), else `None`."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def trim_heap():
+    """Returns freed heap memory to the OS, so RSS counts live memory only."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def training_memory(build_model, steps):
+    """Peak training memory of the model `build_model()` makes, in this process.
+
+    Run it in a fresh process (`start_probe`): the resident set size's
+    high-water mark (`VmHWM`, reset after two warm-up steps so that
+    compilation does not count) during `steps` training steps, minus the
+    resident size before the model was built (after imports and
+    `malloc_trim`). It counts weights, gradients, optimizer state and
+    activations however the backend allocates them. On jax also XLA's own
+    buffer assignment for the compiled train step (exact), on TensorFlow the
+    peak of its CPU allocator during the steps (every tensor, nothing else).
+
+    Args:
+        build_model: returns `(model, inputs, target)`, the model compiled.
+        steps: the training steps measured.
+
+    Returns:
+        A dict of the figures, in MiB.
+    """
+    keras.ops.convert_to_numpy(keras.ops.ones((2, 2)) + 1)  # Initialize the backend.
+    trim_heap()
+    baseline = read_status("VmRSS")
+    model, inputs, target = build_model()
+    for _ in range(2):
+        model.train_on_batch(inputs, target)
+    trim_heap()
+    steady = read_status("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # Resets VmHWM, so compilation's peak does not count.
+        reset = True
+    except OSError:
+        reset = False
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.reset_memory_stats("CPU:0")
+    for _ in range(steps):
+        model.train_on_batch(inputs, target)
+    peak = read_status("VmHWM")
+    result = {
+        "method": "rss_high_water" if reset else "rss_high_water_including_compilation",
+        "peak_mb": None if peak is None else round(peak - baseline, 1),
+        "steady_mb": None if steady is None else round(steady - baseline, 1),
+    }
+    if keras.backend.backend() == "jax":
+        result["xla"] = xla_train_step_analysis(model, inputs, target)
+    elif keras.backend.backend() == "tensorflow":
+        # TensorFlow's own CPU allocator: every tensor the steps held, and
+        # nothing else (no executables, no allocator pools).
+        stats = tf.config.experimental.get_memory_info("CPU:0")
+        result["tensorflow_allocator"] = {
+            "peak_mb": round(stats["peak"] / 2**20, 1),
+            "current_mb": round(stats["current"] / 2**20, 1),
+        }
+    return result
+
+
+def xla_train_step_analysis(model, inputs, target):
+    """XLA's buffer sizes and cost estimate for the jitted `train_step`."""
+    import jax
+
+    state = model._get_jax_state(
+        trainable_variables=True,
+        non_trainable_variables=True,
+        optimizer_variables=True,
+        metrics_variables=True,
+    )
+    compiled = (
+        jax.jit(model.train_step, donate_argnums=0)
+        .lower(state, (inputs, target, None))
+        .compile()
+    )
+    memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    mib = 2**20
+    return {
+        "peak_mb": round(
+            (
+                memory.argument_size_in_bytes
+                + memory.temp_size_in_bytes
+                + memory.output_size_in_bytes
+                - memory.alias_size_in_bytes
+            )
+            / mib,
+            1,
+        ),
+        "arguments_mb": round(memory.argument_size_in_bytes / mib, 1),
+        "temporaries_mb": round(memory.temp_size_in_bytes / mib, 1),
+        "gflops": round(cost.get("flops", 0.0) / 1e9, 2),
+        "gbytes_accessed": round(cost.get("bytes accessed", 0.0) / 1e9, 2),
+    }
+
+
+def start_probe(script, arguments):
+    """Starts `script` with `arguments` in a fresh Python process."""
+    return subprocess.Popen(
+        [sys.executable, os.path.abspath(script), *arguments],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def print_result(result):
+    """What a probe process prints for `finish_probe` to read."""
+    print("MEMORY " + json.dumps(result), flush=True)
+
+
+def finish_probe(name, process, log):
+    """Waits for a probe subprocess and returns its result."""
+    stdout, stderr = process.communicate()
+    lines = [line for line in stdout.splitlines() if line.startswith("MEMORY ")]
+    if process.returncode or not lines:
+        raise RuntimeError(
+            f"Memory probe '{name}' failed ({process.returncode}):\n{stderr[-3000:]}"
+        )
+    result = json.loads(lines[-1][len("MEMORY "):])
+    log(f"  memory {name}: {result}")
+    return result
+
+
+def memory_figure(memory, name):
+    """The figure memory ratios use, and its method: XLA's buffers on jax,
+    TensorFlow's allocator peak on TensorFlow, else the RSS high-water mark.
+
+    Args:
+        memory: a dict from configuration to `training_memory`'s result.
+        name: the configuration.
+
+    Returns:
+        `(MiB, method)`, or `(None, None)` if `name` was not probed.
+    """
+    probe = memory.get(name)
+    if probe is None:
+        return None, None
+    if "xla" in probe:
+        return probe["xla"]["peak_mb"], "xla_buffer_assignment"
+    if "tensorflow_allocator" in probe:
+        return probe["tensorflow_allocator"]["peak_mb"], "tensorflow_allocator_peak"
+    return probe["peak_mb"], probe["method"]
