@@ -333,6 +333,24 @@ def test_keras_file_keeps_the_quantized_kernels(mode, tmp_path):
     )
 
 
+def test_keras_file_of_a_functional_model_keeps_its_quantized_flix_layers(tmp_path):
+    # A Functional model's config holds the FLix layers themselves, which
+    # build their quantized variables when it loads.
+    inputs = keras.Input((8,))
+    base = keras.Model(inputs, keras.layers.Dense(4, name="proj")(inputs))
+    model = kf.retrofit(base, SCHEMA, rank=2, target_layers=["proj"])
+    model.quantize("int4")
+    randomize_adapters(model)
+    x = {"inputs": np.random.default_rng(0).standard_normal((6, 8)).astype("float32"),
+         "feature_ids": MIXED_IDS}
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    layer = loaded.flix_layers[0]
+    assert isinstance(layer, kf.layers.FLixDense) and layer.quantization_mode == "int4"
+    assert tuple(layer.base_kernel.shape) == (8, 2)  # two int4 values per byte
+    np.testing.assert_array_equal(to_numpy(loaded(x)), to_numpy(model(x)))
+
+
 LOAD_SCRIPT = """
 import sys, warnings
 import numpy as np, keras

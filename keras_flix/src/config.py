@@ -10,10 +10,21 @@ from keras_flix.src.schema import FeatureSchema
 LAYER_KEYS = ("schema", "rank", "alpha", "a_initializer", "b_initializer", "compute_path")
 """The settings a FLix layer takes on top of its base layer's arguments.
 
-`merge` removes exactly these from a FLix layer's config to rebuild its base
-layer, and `FLixConfig.layer_arguments` passes exactly these to a new FLix
-layer.
+`base_layer_config` removes exactly these from a FLix layer's config to
+rebuild its base layer, and `FLixConfig.layer_arguments` passes exactly these
+to a new FLix layer.
 """
+
+
+def base_layer_config(layer_config):
+    """A FLix layer's config without its FLix settings: its base layer's.
+
+    Example:
+
+    >>> base_layer_config({"units": 4, "rank": {"language": 2}, "name": "proj"})
+    {'units': 4, 'name': 'proj'}
+    """
+    return {key: value for key, value in layer_config.items() if key not in LAYER_KEYS}
 
 WEIGHT_KEYS = ("rank", "alpha")
 """The per-layer settings that adapter weights are only valid for.

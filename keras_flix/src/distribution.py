@@ -40,7 +40,7 @@ class FLixLayoutMap(keras.distribution.LayoutMap):
         kernel_axes = (
             tuple(kernel_layout.axes)
             if kernel_layout is not None
-            else (None,) * len(layer.base_kernel.shape)
+            else (None,) * len(layer.base_kernel_shape)
         )
         contracted_axes, output_axes = layer.kernel_axes
         # A mesh axis can shard only one axis of a variable: the value axis

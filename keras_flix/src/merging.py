@@ -4,7 +4,7 @@ import keras
 import numpy as np
 
 from keras_flix.src.adapters import require_flix_layers
-from keras_flix.src.config import LAYER_KEYS
+from keras_flix.src.config import base_layer_config
 from keras_flix.src.layers.flix_adapter import FLixAdapter
 from keras_flix.src.layers.quantized_base import requantized
 from keras_flix.src.surgery import all_layers
@@ -112,12 +112,9 @@ def _without_flix(config):
     base_class = _FLIX_CLASSES.get(config.get("registered_name"))
     if base_class is None:
         return {key: _without_flix(value) for key, value in config.items()}
-    layer_config = {
-        key: value
-        for key, value in config["config"].items()
-        if key not in LAYER_KEYS
-    }
-    base = keras.saving.serialize_keras_object(base_class.from_config(layer_config))
+    base = keras.saving.serialize_keras_object(
+        base_class.from_config(base_layer_config(config["config"]))
+    )
     # Keep what the enclosing config added (a Functional's "name" and
     # "inbound_nodes", the "build_config").
     return {**config, **{key: base[key] for key in ("module", "class_name", "config", "registered_name")}}

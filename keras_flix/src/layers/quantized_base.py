@@ -15,7 +15,7 @@ from keras import ops
 from keras import quantizers
 
 from keras_flix.src import keras_private
-from keras_flix.src.config import LAYER_KEYS
+from keras_flix.src.config import base_layer_config
 
 SUPPORTED_MODES = ("int8", "int4", "float8")
 """The Keras quantization modes a FLix layer's base may have (or `None`)."""
@@ -135,8 +135,7 @@ def requantized(layer, kernel):
         A dict from the path of each of `layer`'s base variables to its new
         value.
     """
-    config = layer.get_config()
-    config = {key: value for key, value in config.items() if key not in LAYER_KEYS}
+    config = base_layer_config(layer.get_config())
     config.update(dtype=layer.variable_dtype, quantization_config=None)
     plain = layer.base_layer_class.from_config(config)
     plain.build(layer.get_build_config()["input_shape"])
