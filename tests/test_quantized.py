@@ -382,7 +382,9 @@ def test_keras_file_loads_in_fresh_processes_on_every_backend(mode, tmp_path):
         out = str(tmp_path / f"{backend}.npy")
         stdout = run_under(backend, LOAD_SCRIPT.format(tests=tests, path=path, out=out))
         assert f"['{kernel_dtype}/{mode}']" in stdout
-        np.testing.assert_allclose(np.load(out), expected, atol=1e-6, rtol=0)
+        # Float rounding, and that of int8's quantized inputs, differ a
+        # little between backends (1e-6 measured).
+        np.testing.assert_allclose(np.load(out), expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])
