@@ -4,10 +4,11 @@ A FLix layer adapts a frozen `Dense` / `EinsumDense` kernel that Keras may
 hold quantized (`layer.quantize(mode)`, `model.quantize(mode)`). The FLix
 layer keeps Keras' own quantized variables and call paths for the base and
 adds its float32 adapters' update to whichever runs (see
-`FLixAdapter.call`). These are the modes whose base path computes a product
-of the inputs and a fixed kernel, the modes whose calls Keras' own LoRA term
-is added to (int8 and int4; Keras' float8 call refuses LoRA, FLix's update
-is added outside it). Keras refuses LoRA with GPTQ, its AWQ call leaves
+`FLixAdapter.call`). The modes taken are Keras' modes that quantize a
+kernel by itself (int8, int4) or in every call (float8). Keras adds its own
+LoRA term inside the int8 and int4 calls; its float8 call refuses LoRA, and
+FLix's update is added outside it. GPTQ and AWQ calibrate each kernel on the
+inputs its layer sees; Keras refuses LoRA with GPTQ, its AWQ call leaves
 LoRA out, and FLix refuses both.
 """
 
