@@ -11,8 +11,10 @@ scaling, data order, steps, head, optimizer and schedule:
   at FLix's active rank; `lora_wide`: the same at the rank that matches
   FLix's total adapter parameters; `kerashub_lora`: KerasHub's
   `enable_lora`, the ecosystem reference;
-* `flix`: one adapter per language and per task, with feature dropout;
-  `flix_no_dropout`; ablations `flix_lang_heavy`, `flix_shared`.
+* `flix`: one adapter per language and per task, with feature dropout, the
+  language adapters' step a quarter of the others' (chosen on dev);
+  `flix_no_dropout`; ablations `flix_full_language_step`, `flix_lang_heavy`,
+  `flix_task_only`, `flix_shared`, `head_only`.
 
 Test accuracy is reported per (language, task) cell and per kind of cell:
 `supervised`, `heldout_combination` (a language x task pair never trained)
