@@ -181,6 +181,7 @@ def test_every_run_is_evaluated_on_dev_and_test_once_trained(quick_run, tmp_path
         (["--lr-grid", "1e-3", "3e-3"], "needs --eval-split dev"),
         (["--rank", "5"], "--rank must be even"),
         (["--epochs", "0"], "--epochs must be positive"),
+        (["--language-step", "0"], "--language-step must be positive"),
     ],
 )
 def test_bad_arguments_are_explained(arguments, message, capsys):
@@ -195,6 +196,15 @@ def test_method_groups_and_learning_rates():
     assert args.lr["lora"] == (1e-3, "--lr") and args.lr["flix"] == (2e-2, "--lr")
     args = study.parse_args(["--methods", "all"])
     assert {"flix_shared", "flix_lang_heavy"} <= set(args.methods)
+
+
+def test_flix_language_adapters_take_the_language_step():
+    every = methods_lib.methods(8, 0.3, ["de", "en"], ["qa"], language_step=0.5)
+    alpha = methods_lib.ALPHA
+    assert every["flix"].alphas == {"language": alpha / 2, "task": alpha}
+    assert every["flix_no_dropout"].alphas == every["flix"].alphas
+    assert every["flix_full_language_step"].alphas == {"language": alpha, "task": alpha}
+    assert study.parse_args([]).language_step == methods_lib.LANGUAGE_STEP
 
 
 def test_bad_backbone_path_is_explained(tmp_path):

@@ -67,13 +67,14 @@ class Method:
         return tuple(self.ranks or ())
 
 
-def methods(rank, dropout, languages, tasks):
+def methods(rank, dropout, languages, tasks, language_step=LANGUAGE_STEP):
     """Every method of the study, by name.
 
     Args:
         rank: the active rank per example (FLix splits it between language
             and task).
         dropout: FLix's feature dropout.
+        language_step: the language adapters' factor on ALPHA.
         languages, tasks: the trained feature values (they fix `lora_wide`'s
             rank: the one that matches FLix's total adapter parameters).
 
@@ -82,7 +83,7 @@ def methods(rank, dropout, languages, tasks):
     """
     half = rank // 2
     flix_ranks = {"language": half, "task": half}
-    language_step = {"language": LANGUAGE_STEP}
+    language_step = {"language": language_step}
     total_rank = half * (len(languages) + len(tasks))
     return {
         m.name: m

@@ -124,6 +124,13 @@ def parse_args(argv=None):
     parser.add_argument("--rank", type=int, default=DEFAULTS["rank"])
     parser.add_argument("--dropout", type=float, default=DEFAULTS["dropout"])
     parser.add_argument(
+        "--language-step",
+        type=float,
+        default=methods_lib.LANGUAGE_STEP,
+        help="FLix's language adapters' step relative to the other adapters' "
+        "(a factor on alpha; 1 = the same)",
+    )
+    parser.add_argument(
         "--lr",
         nargs="+",
         default=[],
@@ -214,6 +221,11 @@ def parse_args(argv=None):
         parser.error(f"--steps must be at least 1; got {args.steps}")
     if args.epochs is not None and not args.epochs > 0:
         parser.error(f"--epochs must be positive; got {args.epochs}")
+    if args.language_step <= 0:
+        parser.error(
+            f"--language-step must be positive; got {args.language_step} "
+            "(for FLix without language adapters, run `flix_task_only`)"
+        )
     if args.lr_grid and args.eval_split != "dev":
         parser.error("--lr-grid chooses settings: it needs --eval-split dev")
     args.lr = _learning_rates(parser, args.lr, args.methods)
@@ -314,7 +326,7 @@ class Study:
         ]
         self.label_names, self.task_masks = data.label_space()
         self.all_methods = methods_lib.methods(
-            args.rank, args.dropout, self.seen_languages, self.tasks
+            args.rank, args.dropout, self.seen_languages, self.tasks, args.language_step
         )
         self.titles = {name: m.title for name, m in self.all_methods.items()}
         tfds.builder("cldr_multitask", data_dir=args.data_dir).download_and_prepare()
