@@ -29,6 +29,7 @@ from helpers import randomize_adapters
 from helpers import reference_update
 from helpers import run_under
 from helpers import tiny_bert
+from helpers import tiny_classifier
 from helpers import to_numpy
 
 import keras_flix as kf
@@ -436,11 +437,35 @@ def test_merge_requantizes_the_merged_kernels(mode):
     got = to_numpy(merged(bert_inputs(4))["pooled_output"])
     error = np.abs(got - expected).max() / np.abs(expected - base).max()
     assert 0 < error < MERGE_ERROR[mode]
-    # Every feature absent: re-quantizing the dequantized kernels gives them back.
+    # Every feature absent: the quantized kernels as they are.
     unchanged = kf.merge(model, {})
     values = {v.path: to_numpy(v) for v in unchanged.weights}
     for layer in model.flix_layers:
         np.testing.assert_array_equal(values[layer.base_kernel.path], to_numpy(layer.base_kernel))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", MODES)
+def test_preset_of_a_task_over_a_quantized_backbone_round_trips(mode, tmp_path):
+    task = tiny_classifier()
+    task.backbone.quantize(mode, filters=QUANTIZED)
+    model = kf.retrofit(task, SCHEMA, rank=2, train_also=["logits"])
+    randomize_adapters(model, scale=0.5)
+    x = {"inputs": np.array(["the cat sat", "a dog ran", "the big dog", "a small cat"]),
+         "feature_ids": MIXED_IDS[:4]}
+    predicted = model.predict(x, verbose=0)
+    preset = str(tmp_path / "preset")
+    model.save_to_preset(preset)
+    loaded = kf.FLixModel.from_preset(preset)
+    assert {layer.quantization_mode for layer in loaded.flix_layers} == {mode}
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), predicted, rtol=1e-5, atol=1e-5)
+    # The preset is the task's own: KerasHub alone loads the quantized base.
+    plain = type(task).from_preset(preset)
+    absent = {**x, "feature_ids": np.full_like(x["feature_ids"], kf.ABSENT)}
+    np.testing.assert_allclose(
+        plain.predict(x["inputs"], verbose=0), model.predict(absent, verbose=0),
+        rtol=1e-5, atol=1e-5,
+    )
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])

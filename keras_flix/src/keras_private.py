@@ -24,6 +24,7 @@ RELIED_ON = (
     ("Layer", "_flatten_layers", None, "every layer under a model"),
     ("Layer", "_tracker", None, "replacing a tracked sublayer"),
     ("Layer", "_remat_mode", None, "a FLix layer checkpoints like its base layer"),
+    ("Layer", "_dtype_policy", None, "saving a quantized layer rebuilt from a config"),
     ("Layer", "rematerialized_call", None, "feature ids in gradient checkpointing"),
     ("Layer", "_torch_params", ("torch",), "refreshing torch's parameter registry"),
     ("Layer", "_track_variables", ("torch",), "refreshing torch's parameter registry"),
@@ -112,6 +113,23 @@ def saved_variable_names(layer):
     release the lower bound admits.
     """
     return layer.variable_serialization_spec[layer.quantization_mode]
+
+
+def resolve_dtype_policy_maps(model):
+    """Gives every layer of `model` that reads a `DTypePolicyMap` its own policy.
+
+    A model rebuilt from a config that holds a `DTypePolicyMap` (a quantized
+    KerasHub backbone's) leaves the map as each layer's `dtype_policy`;
+    Keras 3.15's `save_own_variables` of a quantized `Dense` /
+    `EinsumDense` reads the mode from `dtype_policy` rather than from
+    `quantization_mode`, so saving such a layer writes `None` for its scale
+    and fails ("Invalid dtype: object"). The map keeps its entries: the
+    model's config is unchanged.
+    """
+    for layer in all_layers(model):
+        policy = layer._dtype_policy
+        if isinstance(policy, keras.dtype_policies.DTypePolicyMap) and layer.path in policy:
+            layer._dtype_policy = policy[layer.path]
 
 
 def int8_kernel_scale(layer):

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 
+from keras_flix.src import keras_private
 from keras_flix.src.adapters import require_flix_layers
 from keras_flix.src.config import base_layer_config
 from keras_flix.src.layers.flix_adapter import FLixAdapter
@@ -80,11 +81,15 @@ def merge(model, features, as_lora=False):
     merged = keras.saving.deserialize_keras_object(
         _without_flix(keras.saving.serialize_keras_object(base_model))
     )
+    keras_private.resolve_dtype_policy_maps(merged)
     if getattr(base_model, "preprocessor", None) is not None:
         merged.preprocessor = base_model.preprocessor
     values = {v.path: v for v in base_model.weights}
     merged_layers = {layer.path: layer for layer in all_layers(merged)}
-    for layer in layers:
+    # With every feature absent each base layer stays exactly as it is (a
+    # quantized kernel is not re-quantized).
+    active = any(value >= 0 for value in ids)
+    for layer in layers if active else ():
         if as_lora:
             _enable_lora(merged_layers[layer.path], layer, ids)
         elif layer.quantization_mode in ("int8", "int4"):
@@ -122,16 +127,13 @@ def _without_flix(config):
 
 def _enable_lora(target, layer, ids):
     """Gives `target` the Keras LoRA that equals `layer`'s update for `ids`."""
-    factors = layer.combination_factors(ids)
-    if factors is None:
-        return  # Every feature absent: the base layer as it is.
     if layer.quantization_mode == "float8":
         raise NotImplementedError(
             f"Cannot merge '{layer.path}' as Keras LoRA: its base is float8-"
             "quantized, and Keras' float8 call does not run LoRA. Merge "
             "with as_lora=False instead."
         )
-    a, b = _keras_lora_factors(*factors, layer.base_kernel_shape, *layer.kernel_axes)
+    a, b = _keras_lora_factors(*layer.combination_factors(ids), layer.base_kernel_shape, *layer.kernel_axes)
     target.enable_lora(a.shape[-1])
     target.lora_kernel_a.assign(a)
     target.lora_kernel_b.assign(b)
