@@ -15,35 +15,39 @@ import keras
 import pytest
 
 BENCHMARKS = os.path.join(os.path.dirname(__file__), "..", "benchmarks")
-SCRIPT = os.path.join(BENCHMARKS, "speed.py")
 # Enough for both inference targets and one memory probe, in well under a
 # minute; the other configurations only add more of the same kind.
 CONFIGURATIONS = ["frozen", "flix_v8", "merged_v8"]
 
 
-@pytest.mark.slow
-def test_quick_run_writes_well_formed_json(tmp_path):
-    path = tmp_path / "speed.json"
-    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend()}
-    done = subprocess.run(
-        [
-            sys.executable,
-            SCRIPT,
-            "--quick",
-            "--rounds",
-            "1",
-            "--only",
-            ",".join(CONFIGURATIONS),
-            "--json",
-            str(path),
-        ],
+def run_benchmark(script, *arguments, backend=None, timeout=300):
+    """Runs `benchmarks/<script>` in a subprocess on `backend` (default: this one).
+
+    Returns:
+        The `subprocess.CompletedProcess`, stdout and stderr captured.
+    """
+    return subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, script), *arguments],
         capture_output=True,
         text=True,
-        env=env,
-        timeout=300,
+        env={**os.environ, "KERAS_BACKEND": backend or keras.backend.backend()},
+        timeout=timeout,
     )
+
+
+def run_to_json(script, path, *arguments, backend=None):
+    """Runs a benchmark that must succeed; returns the JSON it wrote to `path`."""
+    done = run_benchmark(script, *arguments, "--json", str(path), backend=backend)
     assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(path.read_text())
+    return json.loads(path.read_text())
+
+
+@pytest.mark.slow
+def test_quick_run_writes_well_formed_json(tmp_path):
+    results = run_to_json(
+        "speed.py", tmp_path / "speed.json",
+        "--quick", "--rounds", "1", "--only", ",".join(CONFIGURATIONS),
+    )
     assert results["info"]["backend"] == keras.backend.backend()
     assert results["settings"]["rounds"] == 1
     configurations = results["configurations"]
@@ -63,8 +67,6 @@ def test_quick_run_writes_well_formed_json(tmp_path):
         assert isinstance(row["met"], bool) and row["target"] > 1
 
 
-PEFT_SCRIPT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "peft_comparison.py")
-
 
 @pytest.mark.slow
 @pytest.mark.skipif(
@@ -72,16 +74,10 @@ PEFT_SCRIPT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "peft_
     reason="PEFT is a torch library: the comparison runs in the torch test process",
 )
 def test_peft_comparison_quick_run_writes_well_formed_json(tmp_path):
-    path = tmp_path / "peft.json"
-    done = subprocess.run(
-        [sys.executable, PEFT_SCRIPT, "--quick", "--values", "2", "3", "--json", str(path)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "KERAS_BACKEND": "torch"},
-        timeout=300,
+    results = run_to_json(
+        "peft_comparison.py", tmp_path / "peft.json", "--quick", "--values", "2", "3",
+        backend="torch",
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(path.read_text())
     assert set(results["configurations"]) == {
         "kerashub_base", "flix_n2", "flix_n3", "hf_base", "peft_n2", "peft_n3"
     }
@@ -94,31 +90,14 @@ def test_peft_comparison_quick_run_writes_well_formed_json(tmp_path):
 
 
 def test_peft_comparison_refuses_another_backend():
-    done = subprocess.run(
-        [sys.executable, PEFT_SCRIPT, "--quick"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "KERAS_BACKEND": "jax"},
-        timeout=60,
-    )
+    done = run_benchmark("peft_comparison.py", "--quick", backend="jax", timeout=60)
     assert done.returncode != 0
     assert "run it with KERAS_BACKEND=torch (found 'jax')" in done.stderr
 
 
 @pytest.mark.slow
 def test_quantized_quick_run_writes_well_formed_json(tmp_path):
-    path = tmp_path / "quantized.json"
-    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend()}
-    done = subprocess.run(
-        [sys.executable, os.path.join(BENCHMARKS, "quantized.py"), "--quick",
-         "--json", str(path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(path.read_text())
+    results = run_to_json("quantized.py", tmp_path / "quantized.json", "--quick")
     assert results["info"]["backend"] == keras.backend.backend()
     configurations = results["configurations"]
     assert list(configurations) == ["float32", "int8", "int4"]
