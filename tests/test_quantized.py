@@ -468,6 +468,37 @@ def test_preset_of_a_task_over_a_quantized_backbone_round_trips(mode, tmp_path):
     )
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_peft_files_of_a_quantized_base_are_those_of_its_float_base(mode, tmp_path):
+    # A PEFT LoRA holds only the update; the base it applies to is the user's.
+    from safetensors.numpy import load_file
+
+    quantized = quantized_bert(mode)
+    randomize_adapters(quantized, scale=0.3)
+    float_model = kf.retrofit(
+        tiny_bert(), SCHEMA, rank={"language": 2, "task": 3}, target_layers=TARGETS
+    )
+    for own, other in zip(float_model.flix_layers, quantized.flix_layers):
+        for a, b in zip(own.adapter_variables, other.adapter_variables):
+            a.assign(b)
+    # One feature value, so that the file fits that value's rank on import.
+    combination = {"language": "sw"}
+    kf.export_peft(quantized, combination, tmp_path / "quantized")
+    kf.export_peft(float_model, combination, tmp_path / "float")
+    got, expected = (
+        load_file(tmp_path / name / "adapter_model.safetensors") for name in ("quantized", "float")
+    )
+    assert sorted(got) == sorted(expected)
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key])
+    # ... and one imported into a quantized model gives it the same update.
+    target = quantized_bert(mode)
+    kf.import_peft(target, tmp_path / "quantized", ("language", "sw"))
+    ids = np.tile(SCHEMA.encode(combination), (4, 1))
+    np.testing.assert_allclose(pooled(target, ids), pooled(quantized, ids), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(pooled(target, ids), pooled(target, ABSENT_IDS[:4]))
+
+
 @pytest.mark.parametrize("mode", ["int8", "int4"])
 def test_merge_as_lora_keeps_the_quantized_kernels_and_is_exact(mode):
     model = quantized_bert(mode)
