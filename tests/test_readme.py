@@ -13,12 +13,17 @@ import keras_flix as kf
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_quickstart_runs(capsys):
-    text = README.read_text(encoding="utf-8")
-    quickstart = text.split("## Quickstart", 1)[1]
-    code = re.search(r"```python\n(.*?)```", quickstart, re.S).group(1)
+def run_first_python_block(heading):
+    """Runs the first Python block after README's `heading`; returns its names."""
+    section = README.read_text(encoding="utf-8").split(heading, 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     namespace = {}
     exec(compile(code, str(README), "exec"), namespace)
+    return namespace
+
+
+def test_readme_quickstart_runs(capsys):
+    namespace = run_first_python_block("## Quickstart")
     assert tuple(namespace["outputs"]["pooled_output"].shape) == (2, 32)
     assert namespace["ids"].tolist() == [[2, 0], [-1, 1]]
     printed = capsys.readouterr().out
@@ -30,11 +35,7 @@ def test_readme_quickstart_runs(capsys):
 
 
 def test_readme_qlora_example_runs(capsys):
-    text = README.read_text(encoding="utf-8")
-    section = text.split("## QLoRA", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    namespace = {}
-    exec(compile(code, str(README), "exec"), namespace)
+    namespace = run_first_python_block("## QLoRA")
     # What the comment in the block says is printed.
     assert "int8 int8 float32" in capsys.readouterr().out
     model = namespace["model"]
