@@ -185,7 +185,6 @@ def assert_row_sparse_trains_like_dense(monkeypatch, make_model, rtol=1e-6, **op
     traced.clear()
     dense_weights, dense_losses = fit_weights(make_model, False, **options)
     assert not traced
-    assert sparse_losses[-1] < sparse_losses[0]
     np.testing.assert_allclose(sparse_losses, dense_losses, rtol=rtol)
     assert len(sparse_weights) == len(dense_weights)
     for sparse, dense in zip(sparse_weights, dense_weights):
