@@ -31,6 +31,7 @@ from helpers import run_under
 from helpers import tiny_bert
 from helpers import tiny_classifier
 from helpers import to_numpy
+from safetensors.numpy import load_file
 
 import keras_flix as kf
 from keras_flix.src.layers.quantized_base import SUPPORTED_MODES
@@ -471,8 +472,6 @@ def test_preset_of_a_task_over_a_quantized_backbone_round_trips(mode, tmp_path):
 @pytest.mark.parametrize("mode", MODES)
 def test_peft_files_of_a_quantized_base_are_those_of_its_float_base(mode, tmp_path):
     # A PEFT LoRA holds only the update; the base it applies to is the user's.
-    from safetensors.numpy import load_file
-
     quantized = quantized_bert(mode)
     randomize_adapters(quantized, scale=0.3)
     float_model = kf.retrofit(

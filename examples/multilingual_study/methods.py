@@ -83,7 +83,7 @@ def methods(rank, dropout, languages, tasks, language_step=LANGUAGE_STEP):
     """
     half = rank // 2
     flix_ranks = {"language": half, "task": half}
-    language_step = {"language": language_step}
+    slow_language = {"language": language_step}
     total_rank = half * (len(languages) + len(tasks))
     return {
         m.name: m
@@ -91,12 +91,12 @@ def methods(rank, dropout, languages, tasks, language_step=LANGUAGE_STEP):
             Method("lora", "LoRA (rank-matched)", {SHARED: rank}),
             Method("lora_wide", "LoRA (parameter-matched)", {SHARED: total_rank}),
             Method("kerashub_lora", "KerasHub enable_lora", kerashub_rank=rank),
-            Method("flix", "FLix", flix_ranks, dropout, alpha_scale=language_step),
+            Method("flix", "FLix", flix_ranks, dropout, alpha_scale=slow_language),
             Method(
                 "flix_no_dropout",
                 "FLix, no feature dropout",
                 flix_ranks,
-                alpha_scale=language_step,
+                alpha_scale=slow_language,
             ),
             # Ablations (see README): the language step, the rank split,
             # the language feature, a shared always-on feature.
@@ -111,7 +111,7 @@ def methods(rank, dropout, languages, tasks, language_step=LANGUAGE_STEP):
                 "FLix, language 3/4 of the rank",
                 {"language": rank * 3 // 4, "task": rank - rank * 3 // 4},
                 dropout,
-                alpha_scale=language_step,
+                alpha_scale=slow_language,
             ),
             Method("flix_task_only", "FLix, task feature only", {"task": rank}, dropout),
             Method(
@@ -119,7 +119,7 @@ def methods(rank, dropout, languages, tasks, language_step=LANGUAGE_STEP):
                 "FLix + shared feature",
                 {**flix_ranks, SHARED: half},
                 dropout,
-                alpha_scale=language_step,
+                alpha_scale=slow_language,
             ),
             Method("head_only", "Head only (frozen backbone)"),
         )

@@ -49,7 +49,8 @@ def merge(model, features, as_lora=False):
         merges into the base architecture quantized as its base is. Its
         int8 / int4 kernels are the merged kernels quantized again by Keras
         (`quantize(dequantize(W0) + update)`, with each layer's own mode and
-        quantization config), which rounds the update to the quantization
+        quantization config; with every feature absent the quantized
+        kernels are kept as they are), which rounds the update to the quantization
         grid: the merged model's outputs differ from the FLix model's by
         the rounding of the update to that grid, not by float rounding
         (`tests/test_quantized.py` measures it). A float8 kernel is kept in
