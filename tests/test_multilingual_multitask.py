@@ -60,6 +60,7 @@ def quick_run(tmp_path_factory):
     return output, result.stdout, arguments
 
 
+@pytest.mark.slow
 def test_results_json(quick_run):
     output, _, _ = quick_run
     results = json.loads((output / "results.json").read_text("utf-8"))
@@ -119,6 +120,7 @@ def test_results_json(quick_run):
         assert run["step_seconds_median"] > 0
 
 
+@pytest.mark.slow
 def test_report_plots_and_export(quick_run):
     output, stdout, _ = quick_run
     report = (output / "report.md").read_text("utf-8")
@@ -137,6 +139,7 @@ def test_report_plots_and_export(quick_run):
         assert "export is skipped" in stdout
 
 
+@pytest.mark.slow
 def test_a_stopped_study_resumes_from_its_finished_runs(quick_run):
     output, _, arguments = quick_run
     before = (output / "results.json").read_text("utf-8")
@@ -147,6 +150,7 @@ def test_a_stopped_study_resumes_from_its_finished_runs(quick_run):
     assert after["cells"] == json.loads(before)["cells"]
 
 
+@pytest.mark.slow
 def test_every_run_is_evaluated_on_dev_and_test_once_trained(quick_run, tmp_path):
     output, _, arguments = quick_run
     # A dev study reads the dev records the test study's runs wrote: the same
