@@ -48,6 +48,25 @@ def test_jax_model_parallel_with_kerashub_layout_map():
 
 @pytest.mark.slow
 @only_on("jax")
+def test_jax_model_parallel_over_an_int8_backbone():
+    # QLoRA style under KerasHub's layout map: Keras quantizes the backbone
+    # under the distribution, the int8 kernels keep the float kernels'
+    # layout and the adapters are laid out from it, as over a float base.
+    # (Keras' int4 EinsumDense stores its kernel packed in 2-D, which a
+    # layout map written for the 3-D float kernel cannot shard: Keras'
+    # `quantize("int4")` itself fails under it.)
+    result = run_script("jax_parallel.py", "model_parallel", "int8")
+    np.testing.assert_allclose(result["losses"], result["single_losses"], rtol=1e-5)
+    assert result["max_weight_difference"] < 1e-5
+    assert set(result["kernel_dtypes"].values()) == {"int8"}
+    kernels, shardings = result["kernel_shardings"], result["adapter_shardings"]
+    assert kernels["decoder_block_0/ffw_linear/kernel"] == "P('model', 'batch')"
+    assert shardings["decoder_block_0/ffw_linear/flix_language_a"] == "P(None, 'model', None)"
+    assert shardings["decoder_block_0/ffw_linear/flix_language_b"] == "P(None, None, 'batch')"
+
+
+@pytest.mark.slow
+@only_on("jax")
 def test_jax_model_parallel_with_sharded_feature_values():
     result = run_script("jax_parallel.py", "values_sharded")
     np.testing.assert_allclose(result["losses"], result["single_losses"], rtol=1e-5)

@@ -3,7 +3,8 @@
 Run as a script in its own process: the device count must be set before JAX
 is imported. Arguments: the mode, then optionally `lazy_adam` to train the
 `FLixModel` itself with `LazyAdam` (row-sparse table gradients) instead of
-a wrapper with SGD. Prints one JSON line with the single-device and distributed
+a wrapper with SGD, and `int8` to quantize the backbone (Keras'
+`quantize("int8")`, under the distribution) before `retrofit`. Prints one JSON line with the single-device and distributed
 losses, the largest weight difference after training, and the shardings of
 the adapter variables.
 """
@@ -71,10 +72,14 @@ class Sequence(keras.Model):
         return outputs["sequence_output"] if isinstance(outputs, dict) else outputs
 
 
-def train(make_backbone, distribution, initial_weights=None, lazy_adam=False):
+def train(
+    make_backbone, distribution, initial_weights=None, lazy_adam=False, quantization=None
+):
     keras.distribution.set_distribution(distribution)
     keras.utils.set_random_seed(0)
     backbone = make_backbone()
+    if quantization:
+        backbone.quantize(quantization)
     targets = [".*(query|value|attention_output|ffw_linear|_dense)"]
     base = backbone
     if lazy_adam and isinstance(backbone.output, dict):
@@ -106,13 +111,21 @@ def train(make_backbone, distribution, initial_weights=None, lazy_adam=False):
         layer._kernel.path: str(getattr(layer._kernel.value.sharding, "spec", None))
         for layer in model.flix_layers[:2]
     }
-    result = (losses, [np.asarray(w) for w in model.get_weights()], shardings, kernel_shardings)
+    kernel_dtypes = {layer._kernel.path: layer._kernel.dtype for layer in model.flix_layers}
+    result = (
+        losses,
+        [np.asarray(w) for w in model.get_weights()],
+        shardings,
+        kernel_shardings,
+        kernel_dtypes,
+    )
     keras.distribution.set_distribution(None)
     return result, weights
 
 
-def main(mode, optimizer="sgd"):
-    lazy_adam = optimizer == "lazy_adam"
+def main(mode, *options):
+    lazy_adam = "lazy_adam" in options
+    quantization = "int8" if "int8" in options else None
     devices = jax.devices()
     assert len(devices) == 8, devices
     if mode in ("model_parallel", "values_sharded"):
@@ -128,9 +141,11 @@ def main(mode, optimizer="sgd"):
     else:
         make = bert
         distribution = keras.distribution.DataParallel(devices=devices)
-    (single_losses, single_weights, _, _), initial = train(make, None, lazy_adam=lazy_adam)
-    (losses, weights, shardings, kernel_shardings), _ = train(
-        make, distribution, initial, lazy_adam=lazy_adam
+    (single_losses, single_weights, *_), initial = train(
+        make, None, lazy_adam=lazy_adam, quantization=quantization
+    )
+    (losses, weights, shardings, kernel_shardings, kernel_dtypes), _ = train(
+        make, distribution, initial, lazy_adam=lazy_adam, quantization=quantization
     )
     print(json.dumps({
         "single_losses": single_losses,
@@ -140,6 +155,7 @@ def main(mode, optimizer="sgd"):
         ),
         "adapter_shardings": shardings,
         "kernel_shardings": kernel_shardings,
+        "kernel_dtypes": kernel_dtypes,
     }))
 
 
