@@ -24,6 +24,15 @@ def run_script(name, *args):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def assert_adapters_laid_out_like_gemma_ffw_kernel(result):
+    # Gemma's ffw_linear kernel is ("model", "batch"): A follows its input
+    # axis, B its output axis; the value axis is replicated.
+    kernels, shardings = result["kernel_shardings"], result["adapter_shardings"]
+    assert kernels["decoder_block_0/ffw_linear/kernel"] == "P('model', 'batch')"
+    assert shardings["decoder_block_0/ffw_linear/flix_language_a"] == "P(None, 'model', None)"
+    assert shardings["decoder_block_0/ffw_linear/flix_language_b"] == "P(None, None, 'batch')"
+
+
 # The scripts pick their own backend; run them once, from the matching suite.
 only_on = lambda backend: pytest.mark.skipif(  # noqa: E731
     keras.backend.backend() != backend,
@@ -37,13 +46,7 @@ def test_jax_model_parallel_with_kerashub_layout_map():
     result = run_script("jax_parallel.py", "model_parallel")
     np.testing.assert_allclose(result["losses"], result["single_losses"], rtol=1e-5)
     assert result["max_weight_difference"] < 1e-5
-    shardings = result["adapter_shardings"]
-    kernels = result["kernel_shardings"]
-    # Gemma's ffw_linear kernel is ("model", "batch"): A follows its input
-    # axis, B its output axis; the value axis is replicated.
-    assert kernels["decoder_block_0/ffw_linear/kernel"] == "P('model', 'batch')"
-    assert shardings["decoder_block_0/ffw_linear/flix_language_a"] == "P(None, 'model', None)"
-    assert shardings["decoder_block_0/ffw_linear/flix_language_b"] == "P(None, None, 'batch')"
+    assert_adapters_laid_out_like_gemma_ffw_kernel(result)
 
 
 @pytest.mark.slow
@@ -59,10 +62,7 @@ def test_jax_model_parallel_over_an_int8_backbone():
     np.testing.assert_allclose(result["losses"], result["single_losses"], rtol=1e-5)
     assert result["max_weight_difference"] < 1e-5
     assert set(result["kernel_dtypes"].values()) == {"int8"}
-    kernels, shardings = result["kernel_shardings"], result["adapter_shardings"]
-    assert kernels["decoder_block_0/ffw_linear/kernel"] == "P('model', 'batch')"
-    assert shardings["decoder_block_0/ffw_linear/flix_language_a"] == "P(None, 'model', None)"
-    assert shardings["decoder_block_0/ffw_linear/flix_language_b"] == "P(None, None, 'batch')"
+    assert_adapters_laid_out_like_gemma_ffw_kernel(result)
 
 
 @pytest.mark.slow

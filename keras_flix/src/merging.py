@@ -50,10 +50,10 @@ def merge(model, features, as_lora=False):
         int8 / int4 kernels are the merged kernels quantized again by Keras
         (`quantize(dequantize(W0) + update)`, with each layer's own mode and
         quantization config; with every feature absent the quantized
-        kernels are kept as they are), which rounds the update to the quantization
-        grid: the merged model's outputs differ from the FLix model's by
-        the rounding of the update to that grid, not by float rounding
-        (`tests/test_quantized.py` measures it). A float8 kernel is kept in
+        kernels are kept as they are), which rounds the update to the
+        quantization grid: the merged model's outputs differ from the FLix
+        model's by the rounding of the update to that grid, not by float
+        rounding (`tests/test_quantized.py` measures it). A float8 kernel is kept in
         float, `W0 + update`, but the float8 call rounds it to float8 in
         every call, the update with it (the FLix model adds its update in
         float). `layer.merged_kernel(features)` is a FLix layer's merged

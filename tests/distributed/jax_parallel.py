@@ -1,12 +1,13 @@
 """FLix training on 8 simulated CPU devices with keras.distribution (JAX).
 
 Run as a script in its own process: the device count must be set before JAX
-is imported. Arguments: the mode, then optionally `lazy_adam` to train the
-`FLixModel` itself with `LazyAdam` (row-sparse table gradients) instead of
-a wrapper with SGD, and `int8` to quantize the backbone (Keras'
-`quantize("int8")`, under the distribution) before `retrofit`. Prints one JSON line with the single-device and distributed
-losses, the largest weight difference after training, and the shardings of
-the adapter variables.
+is imported. Arguments: the mode, then any of the options `lazy_adam` (train
+the `FLixModel` itself with `LazyAdam`, row-sparse table gradients, instead
+of a wrapper with SGD) and `int8` (quantize the backbone with Keras'
+`quantize("int8")`, under the distribution, before `retrofit`). Prints one
+JSON line with the single-device and distributed losses, the largest weight
+difference after training, the shardings of the adapter variables and of
+the base kernels, and the base kernels' dtypes.
 """
 
 import os
@@ -123,7 +124,13 @@ def train(
     return result, weights
 
 
+OPTIONS = ("lazy_adam", "int8")
+
+
 def main(mode, *options):
+    unknown = [o for o in options if o not in OPTIONS]
+    if unknown:
+        raise SystemExit(f"unknown options {unknown}; expected any of {OPTIONS}")
     lazy_adam = "lazy_adam" in options
     quantization = "int8" if "int8" in options else None
     devices = jax.devices()
