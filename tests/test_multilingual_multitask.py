@@ -13,6 +13,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import types
 
 import keras
 import pytest
@@ -26,6 +27,7 @@ sys.path.insert(0, str(EXAMPLES))
 from multilingual_study import methods as methods_lib  # noqa: E402
 from multilingual_study import statistics  # noqa: E402
 from multilingual_study import study  # noqa: E402
+from multilingual_study import training  # noqa: E402
 
 PUBLISHED = set(methods_lib.PUBLISHED)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -186,6 +188,7 @@ def test_every_run_is_evaluated_on_dev_and_test_once_trained(quick_run, tmp_path
         (["--rank", "5"], "--rank must be even"),
         (["--epochs", "0"], "--epochs must be positive"),
         (["--language-step", "0"], "--language-step must be positive"),
+        (["--seeds", "3", "--run-seeds", "1", "3"], "--run-seeds 3: the study's seeds are 0 .. 2"),
     ],
 )
 def test_bad_arguments_are_explained(arguments, message, capsys):
@@ -241,6 +244,42 @@ def _run(method, seed, accuracies):
             for (lang, kind), a in zip((("de", kinds[0]), ("ja", kinds[1])), accuracies)
         ],
     }
+
+
+def test_run_seeds_trains_its_seeds_and_leaves_the_others(tmp_path, monkeypatch):
+    # Seed 0 finished earlier, this process runs seed 1, seed 2 is another's.
+    args = study.parse_args(
+        ["--methods", "lora", "--seeds", "3", "--run-seeds", "1", "--output", str(tmp_path)]
+    )
+    lr = args.lr["lora"][0]
+
+    def settings(method, lr, seed):
+        return {"method": method.name, "lr": lr, "seed": seed}
+
+    def record(seed):
+        run = _run("lora", seed, (0.5, 0.2))
+        run["settings"]["lr"] = lr
+        return {**run, "loss": 1.0, "step_seconds_median": 0.1, "seconds": 1.0}
+
+    training.save_run(training.run_path(str(tmp_path), "test", "lora", lr, 0), record(0))
+    trained = []
+
+    def train_and_evaluate(_, method, lr, seed):
+        trained.append(seed)
+        return None, {split: record(seed) for split in study.EVALUATED_SPLITS}
+
+    monkeypatch.setattr(training, "train_and_evaluate", train_and_evaluate)
+    runner = types.SimpleNamespace(
+        args=args,
+        all_methods=methods_lib.methods(8, 0.3, ["de"], ["emoji_group"]),
+        run_settings=settings,
+        steps=1,
+    )
+    runs, exported, waiting = study.run_all(runner)
+    assert trained == [1]
+    assert [r["settings"]["seed"] for r in runs] == [0, 1] and exported is None
+    assert waiting == [f"LoRA (rank-matched), lr {lr:g}, seed 2"]
+    assert (tmp_path / "runs" / f"dev-lora-lr{lr:g}-seed1.json").exists()
 
 
 def test_paired_differences_and_breakdown():

@@ -116,6 +116,15 @@ def parse_args(argv=None):
     )
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds")
     parser.add_argument(
+        "--run-seeds",
+        nargs="+",
+        type=int,
+        default=None,
+        help="train only these of the seeds 0 .. --seeds - 1 (to run seeds in "
+        "parallel processes on one output folder); the summaries wait until "
+        "every seed's runs are there",
+    )
+    parser.add_argument(
         "--epochs",
         type=float,
         default=None,
@@ -220,6 +229,12 @@ def parse_args(argv=None):
     args.methods = _method_names(parser, args.methods or list(methods_lib.HEADLINE))
     if args.seeds < 1:
         parser.error(f"--seeds must be at least 1; got {args.seeds}")
+    outside = [s for s in args.run_seeds or () if not 0 <= s < args.seeds]
+    if outside:
+        parser.error(
+            f"--run-seeds {' '.join(map(str, outside))}: the study's seeds are "
+            f"0 .. {args.seeds - 1} (--seeds {args.seeds})"
+        )
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps must be at least 1; got {args.steps}")
     if args.epochs is not None and not args.epochs > 0:
@@ -450,10 +465,14 @@ def _cpu_name():
 
 
 def run_all(study):
-    """Every (method, lr, seed) run of the study, reusing finished ones."""
+    """Every (method, lr, seed) run of the study, reusing finished ones.
+
+    Returns the runs, the exported SavedModel's answer (or None) and the
+    titles of the runs left to other processes by `--run-seeds`.
+    """
     args = study.args
     grid = args.lr_grid or [None]
-    runs, exported = [], None
+    runs, exported, waiting = [], None, []
     for seed in range(args.seeds):
         for name in args.methods:
             method = study.all_methods[name]
@@ -464,6 +483,9 @@ def run_all(study):
                 title = f"{method.title}, lr {lr:g}, seed {seed}"
                 if record is not None:
                     print(f"=== {title}: finished earlier ({path})")
+                elif args.run_seeds is not None and seed not in args.run_seeds:
+                    waiting.append(title)
+                    continue
                 else:
                     print(f"\n=== {title}: {study.steps} steps", flush=True)
                     gc.collect()
@@ -493,7 +515,7 @@ def run_all(study):
                     flush=True,
                 )
                 runs.append(record)
-    return runs, exported
+    return runs, exported, waiting
 
 
 def choose_learning_rates(runs, method_names):
@@ -528,7 +550,15 @@ def main(argv=None):
         f"{len(study.examples)} {args.eval_split} examples, backend "
         f"{keras.backend.backend()}, methods {' '.join(args.methods)}."
     )
-    all_runs, exported = run_all(study)
+    all_runs, exported, waiting = run_all(study)
+    if waiting:
+        print(
+            f"\nNo summaries yet: {len(waiting)} run(s) of other seeds are not in "
+            f"{args.output}/runs ({'; '.join(waiting)}). Once every process has "
+            "finished, run the same command without --run-seeds: it reuses the "
+            "runs and writes the summaries."
+        )
+        return
 
     selection = None
     if args.lr_grid:
