@@ -119,6 +119,20 @@ def test_stale_folder_is_rebuilt(e5_folder, tmp_path):
     assert "another file" not in record.read_text()
 
 
+def test_a_conversion_another_process_finished_first_is_kept(e5_folder, tmp_path, monkeypatch):
+    target = tmp_path / "e5"
+
+    def convert_while_another_process_finishes(source, folder):
+        shutil.copytree(e5_folder, target)  # the other process's folder
+        open(os.path.join(folder, "model.safetensors"), "wb").write(b"ours")
+
+    monkeypatch.setattr(multilingual_e5, "write_hf_folder", convert_while_another_process_finishes)
+    weights = target / "model.safetensors"
+    assert kf.pretrained.multilingual_e5_small(str(target)) == str(target)
+    assert weights.read_bytes()[:4] != b"ours"
+    assert os.listdir(tmp_path) == ["e5"]
+
+
 def test_interrupted_conversion_leaves_nothing(tmp_path, monkeypatch):
     def fail_half_way(source, folder):
         open(os.path.join(folder, "model.safetensors"), "wb").write(b"half")

@@ -93,7 +93,7 @@ def multilingual_e5_small(directory=None):
         write_hf_folder(source, staging)
         with open(os.path.join(staging, CONVERSION_RECORD), "w") as f:
             json.dump(_record(digest), f, indent=1)
-        _replace_folder(staging, target)
+        _replace_folder(staging, target, _record(digest))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -278,8 +278,15 @@ def _recorded_sha256():
     return None
 
 
-def _replace_folder(staging, target):
-    """Moves `staging` to `target`, replacing a stale `target` if any."""
+def _replace_folder(staging, target, record):
+    """Moves `staging` to `target`, replacing a stale `target` if any.
+
+    A `target` whose conversion record is `record` was finished by another
+    process meanwhile: it is kept (a process may be loading from it) and
+    `staging` is left to the caller to delete.
+    """
+    if _conversion_of(target) == record:
+        return
     if os.path.exists(target):
         stale = tempfile.mkdtemp(prefix=".stale-", dir=os.path.dirname(target))
         os.rename(target, os.path.join(stale, "old"))
@@ -288,5 +295,5 @@ def _replace_folder(staging, target):
         os.rename(staging, target)
     except OSError:
         # Another process finished the same conversion first.
-        if _conversion_of(target) is None:
+        if _conversion_of(target) != record:
             raise
