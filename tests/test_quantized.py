@@ -360,35 +360,38 @@ import sys
 import numpy as np, keras
 sys.path.insert(0, {tests!r})
 from helpers import bert_inputs, MIXED_IDS
-model = keras.saving.load_model({path!r})
-kernels = {{l.path: str(l.base_kernel.dtype) + "/" + str(l.quantization_mode)
-           for l in model.flix_layers}}
-out = model({{**bert_inputs(len(MIXED_IDS)), "feature_ids": MIXED_IDS}})
-np.save({out!r}, keras.ops.convert_to_numpy(out["pooled_output"]))
-print(sorted(set(kernels.values())))
+for path, out in {files!r}:
+    model = keras.saving.load_model(path)
+    kernels = {{l.path: str(l.base_kernel.dtype) + "/" + str(l.quantization_mode)
+               for l in model.flix_layers}}
+    outputs = model({{**bert_inputs(len(MIXED_IDS)), "feature_ids": MIXED_IDS}})
+    np.save(out, keras.ops.convert_to_numpy(outputs["pooled_output"]))
+    print(path, sorted(set(kernels.values())))
 """
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", MODES)
-def test_keras_file_loads_in_fresh_processes_on_every_backend(mode, tmp_path):
-    # Every layer Keras quantizes in `mode`, embeddings included.
-    backbone = tiny_bert()
-    backbone.quantize(mode)
-    model = kf.retrofit(backbone, SCHEMA, rank=2, target_layers=TARGETS)
-    randomize_adapters(model)
-    expected = pooled(model)
-    path = str(tmp_path / "model.keras")
-    model.save(path)
+def test_keras_files_load_in_fresh_processes_on_every_backend(tmp_path):
+    # One file per mode, every layer Keras quantizes in it, embeddings
+    # included; one process per backend loads them all.
+    expected, kernel_dtypes = {}, {}
+    for mode in MODES:
+        backbone = tiny_bert()
+        backbone.quantize(mode)
+        model = kf.retrofit(backbone, SCHEMA, rank=2, target_layers=TARGETS)
+        randomize_adapters(model)
+        expected[mode] = pooled(model)
+        kernel_dtypes[mode] = str(model.flix_layers[0].base_kernel.dtype)
+        model.save(str(tmp_path / f"{mode}.keras"))
     tests = os.path.dirname(os.path.abspath(__file__))
-    kernel_dtype = str(model.flix_layers[0].base_kernel.dtype)
     for backend in ("jax", "tensorflow", "torch"):
-        out = str(tmp_path / f"{backend}.npy")
-        stdout = run_under(backend, LOAD_SCRIPT.format(tests=tests, path=path, out=out))
-        assert f"['{kernel_dtype}/{mode}']" in stdout
-        # Float rounding, and that of int8's quantized inputs, differ a
-        # little between backends (1e-6 measured).
-        np.testing.assert_allclose(np.load(out), expected, atol=1e-5, rtol=0)
+        files = [(str(tmp_path / f"{m}.keras"), str(tmp_path / f"{backend}-{m}.npy")) for m in MODES]
+        stdout = run_under(backend, LOAD_SCRIPT.format(tests=tests, files=files))
+        for mode, (path, out) in zip(MODES, files):
+            assert f"{path} ['{kernel_dtypes[mode]}/{mode}']" in stdout
+            # Float rounding, and that of int8's quantized inputs, differ a
+            # little between backends (1e-6 measured).
+            np.testing.assert_allclose(np.load(out), expected[mode], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])
