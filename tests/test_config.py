@@ -73,6 +73,24 @@ def test_bad_settings_name_the_value_and_the_expectation(kwargs, error, message)
         kf.FLixConfig(**kwargs)
 
 
+def test_keras_object_sharing_marks_never_enter_the_settings(monkeypatch):
+    # Inside a saving or loading scope Keras may mark an initializer's config
+    # with `shared_object_id` (an id() a new object can reuse); the settings
+    # of a saved and a loaded model must compare equal all the same.
+    serialize = keras.initializers.serialize
+
+    def marked(initializer):
+        return {**serialize(initializer), "shared_object_id": id(initializer)}
+
+    monkeypatch.setattr(keras.initializers, "serialize", marked)
+    config = kf.FLixConfig(SCHEMA, a_initializer={**serialize(keras.initializers.HeUniform()),
+                                                  "shared_object_id": 1})
+    assert "shared_object_id" not in config.a_initializer
+    assert "shared_object_id" not in config.b_initializer
+    monkeypatch.undo()
+    assert config == kf.FLixConfig(SCHEMA)
+
+
 def test_the_model_keeps_its_config_and_saves_it(tmp_path):
     inputs = keras.Input((4,))
     base = keras.Model(inputs, keras.layers.Dense(3, name="proj")(inputs))

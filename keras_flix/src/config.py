@@ -272,14 +272,18 @@ def _patterns(patterns, argument):
 def _initializer(identifier, argument):
     """An initializer as its serialized config (what a saved model records)."""
     # Inside a saving or loading scope Keras marks the configs of objects it
-    # serialized twice by their id(), which a short-lived object can reuse,
-    # and adds the mark to a config it returned earlier. The settings never
-    # share an initializer object: the mark is dropped, and the config kept
+    # serialized twice by their id(), which a short-lived object can reuse:
+    # in the identifier, in the config `serialize` returns, or later in a
+    # config it returned earlier. The settings never share an initializer
+    # object: the mark is dropped on the way in and out, and the config kept
     # is a copy Keras holds no reference to.
+    def unmarked(config):
+        return {k: v for k, v in config.items() if k != "shared_object_id"}
+
     if isinstance(identifier, dict):
-        identifier = {k: v for k, v in identifier.items() if k != "shared_object_id"}
+        identifier = unmarked(identifier)
     try:
-        return dict(keras.initializers.serialize(keras.initializers.get(identifier)))
+        return unmarked(keras.initializers.serialize(keras.initializers.get(identifier)))
     except (ValueError, TypeError) as error:
         raise ValueError(
             f"`{argument}` must be a Keras initializer, its name or its "
