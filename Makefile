@@ -2,6 +2,8 @@
 VENV ?= .venv
 PYTHON ?= python3
 BACKENDS ?= jax tensorflow torch
+# What `make test` runs, e.g. `make test TESTS=tests/test_schema.py BACKENDS=jax`.
+TESTS ?= keras_flix tests
 PIP = $(VENV)/bin/pip
 RUN = $(VENV)/bin/python
 
@@ -29,10 +31,22 @@ run: install
 quickstart: install
 	KERAS_BACKEND=$${KERAS_BACKEND:-jax} $(RUN) examples/quickstart.py
 
-# The whole test suite, once per Keras backend (the backend is fixed at import).
+# The whole test suite, once per Keras backend (the backend is fixed at
+# import), the backends' processes side by side: a test keeps a core busy
+# only part of the time (on 2 cores, 0.55-0.73 of the time of one process
+# after another). Each line of output is prefixed with its backend; each
+# process has its own temporary folder.
 test: install
-	@status=0; for backend in $(BACKENDS); do \
-		echo "=== KERAS_BACKEND=$$backend"; \
-		KERAS_BACKEND=$$backend TF_CPP_MIN_LOG_LEVEL=3 $(RUN) -m pytest \
-			--doctest-modules keras_flix tests || status=1; \
-	done; exit $$status
+	@work=$$(mktemp -d); \
+	for backend in $(BACKENDS); do \
+		{ KERAS_BACKEND=$$backend TF_CPP_MIN_LOG_LEVEL=3 $(RUN) -m pytest \
+			--doctest-modules --basetemp=$$work/$$backend $(TESTS) 2>&1; \
+			echo $$? > $$work/$$backend.status; } | sed -u "s/^/[$$backend] /" & \
+	done; \
+	wait; status=0; \
+	for backend in $(BACKENDS); do \
+		code=$$(cat $$work/$$backend.status); \
+		echo "=== KERAS_BACKEND=$$backend: pytest exit status $$code"; \
+		[ "$$code" = 0 ] || status=1; \
+	done; \
+	rm -rf $$work; exit $$status
