@@ -81,9 +81,9 @@ def multilingual_e5_small(directory=None):
     ```
     """
     source = model_file()
-    digest = _verified_sha256(source)
+    record = _record(_verified_sha256(source))
     target = os.path.abspath(directory or _default_directory())
-    if _conversion_of(target) == _record(digest):
+    if _conversion_of(target) == record:
         return target
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
@@ -92,8 +92,8 @@ def multilingual_e5_small(directory=None):
     try:
         write_hf_folder(source, staging)
         with open(os.path.join(staging, CONVERSION_RECORD), "w") as f:
-            json.dump(_record(digest), f, indent=1)
-        _replace_folder(staging, target, _record(digest))
+            json.dump(record, f, indent=1)
+        _replace_folder(staging, target, record)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
