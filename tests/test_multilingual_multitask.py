@@ -205,6 +205,17 @@ def test_method_groups_and_learning_rates():
     assert {"flix_shared", "flix_lang_heavy"} <= set(args.methods)
 
 
+def test_every_published_rate_was_chosen_in_recorded_dev_runs():
+    root = pathlib.Path(__file__).resolve().parents[1]
+    for method in methods_lib.PUBLISHED:
+        lr, folder = study.CHOSEN_LR[method]
+        record = root / training.run_path(folder, "dev", method, lr, seed=0)
+        settings = json.loads(record.read_text())["settings"]
+        assert (settings["method"], settings["lr"], settings["split"]) == (
+            method, lr, "dev"
+        )
+
+
 def test_flix_language_adapters_take_the_language_step():
     every = methods_lib.methods(8, 0.3, ["de", "en"], ["qa"], language_step=0.5)
     alpha = methods_lib.ALPHA
