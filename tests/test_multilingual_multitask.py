@@ -206,10 +206,9 @@ def test_method_groups_and_learning_rates():
 
 
 def test_every_published_rate_was_chosen_in_recorded_dev_runs():
-    root = pathlib.Path(__file__).resolve().parents[1]
     for method in methods_lib.PUBLISHED:
         lr, folder = study.CHOSEN_LR[method]
-        record = root / training.run_path(folder, "dev", method, lr, seed=0)
+        record = EXAMPLES.parent / training.run_path(folder, "dev", method, lr, seed=0)
         settings = json.loads(record.read_text())["settings"]
         assert (settings["method"], settings["lr"], settings["split"]) == (
             method, lr, "dev"
