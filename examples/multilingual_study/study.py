@@ -14,10 +14,10 @@ import keras
 import keras_hub
 import numpy as np
 import tensorflow as tf
-import tensorflow_datasets as tfds
 
 import keras_flix as kf
 from keras_flix.datasets import cldr_multitask
+from keras_flix.datasets.cldr_multitask import tfds_builder
 
 from multilingual_study import data
 from multilingual_study import methods as methods_lib
@@ -356,7 +356,7 @@ class Study:
             args.rank, args.dropout, self.seen_languages, self.tasks, args.language_step
         )
         self.titles = {name: m.title for name, m in self.all_methods.items()}
-        tfds.builder("cldr_multitask", data_dir=args.data_dir).download_and_prepare()
+        tfds_builder.prepare(args.data_dir)
         # Training does not depend on the evaluated split, so every run is
         # evaluated on both: one training serves the dev grid and the test
         # report. Choices still read dev records only.

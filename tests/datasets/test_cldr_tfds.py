@@ -1,6 +1,8 @@
 """The TFDS builder serves exactly the examples of `cldr_multitask.load`."""
 
 import collections
+import concurrent.futures
+import threading
 
 import pytest
 
@@ -86,3 +88,26 @@ def test_tampered_data_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(cldr_multitask, "verify", corrupt)
     with pytest.raises(cldr_multitask.DataIntegrityError, match="corrupt"):
         tfds.builder("cldr_multitask", data_dir=tmp_path).download_and_prepare()
+
+
+def test_prepare_is_safe_in_parallel(tmp_path, monkeypatch):
+    # Both preparations get past TFDS's "already prepared?" check before
+    # either finishes, as two processes started together on a fresh machine
+    # do; plain `download_and_prepare` then fails in the one that renames last.
+    both_generating = threading.Barrier(2, timeout=60)
+    verify = cldr_multitask.verify
+
+    def verify_then_wait():
+        verify()
+        both_generating.wait()
+
+    monkeypatch.setattr(cldr_multitask, "verify", verify_then_wait)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        builders = list(pool.map(lambda _: tfds_builder.prepare(tmp_path), range(2)))
+
+    for builder in builders:
+        assert builder.is_prepared()
+        assert builder.info.splits["test"].num_examples == 19_850
+    # The copy that lost the race is removed, not left half-written.
+    leftovers = [p.name for p in (tmp_path / "cldr_multitask").iterdir()]
+    assert leftovers == [cldr_multitask.DATASET_VERSION]

@@ -16,6 +16,8 @@ Example:
     test = tfds.load("cldr_multitask", split="test", data_dir="/tmp/tfds")
     example = next(iter(test))
     example["text"], example["label"], example["label_id"]
+
+    builder = tfds_builder.prepare("/tmp/tfds")  # safe in parallel processes
 """
 
 from typing import ClassVar
@@ -119,3 +121,35 @@ class CldrMultitask(tfds.core.GeneratorBasedBuilder):
                     "kind": example["kind"],
                 },
             )
+
+
+def prepare(data_dir=None):
+    """Prepares the data set once, and returns its builder.
+
+    Unlike `tfds.builder(...).download_and_prepare()`, this is safe to call
+    from several processes at once (the seeds of a study started side by side
+    on a fresh machine): TFDS writes each preparation to a temporary folder
+    and renames it into place, and the rename of every process but the first
+    fails with `FileExistsError`. A process that loses that race discards its
+    copy (TFDS removes it) and uses the finished one.
+
+    Args:
+        data_dir: the TFDS data folder; None for TFDS's default.
+
+    Returns:
+        The prepared `tfds.core.DatasetBuilder`.
+
+    Example:
+
+        builder = prepare("/tmp/tfds")
+        builder.info.splits["train"].num_examples
+    """
+    builder = tfds.builder("cldr_multitask", data_dir=data_dir)
+    try:
+        builder.download_and_prepare()
+    except FileExistsError:
+        # A new builder reads the metadata of the copy that won.
+        builder = tfds.builder("cldr_multitask", data_dir=data_dir)
+        if not builder.is_prepared():
+            raise
+    return builder
