@@ -24,12 +24,16 @@ from keras_flix.src.peft.importing import import_peft
 from keras_flix.src.retrofit import retrofit
 from keras_flix.src.schema import FeatureSchema
 from keras_flix.src.summary import summary
+from keras_flix.src import integer_products
 from keras_flix.src import row_sparse_step
 
 # Every Keras model on jax and torch trains with row-sparse adapter-table
 # gradients where that applies (see keras_flix/src/row_sparse_step.py).
 row_sparse_step.install()
-del row_sparse_step
+# int8 products of quantized layers run on torch's integer GEMM on the CPU
+# too, bit-identical to Keras' own (see keras_flix/src/integer_products.py).
+integer_products.install()
+del integer_products, row_sparse_step
 
 __version__ = "0.1.0"
 

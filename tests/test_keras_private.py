@@ -40,6 +40,7 @@ def probes():
             "keras.src.backend.common.symbolic_scope"
         ),
         "quantizers": importlib.import_module("keras.src.quantizers.quantizers"),
+        "backend.numpy": importlib.import_module("keras.src.backend").numpy,
     }
 
 

@@ -16,6 +16,7 @@ whose API the code was written against.
 import contextlib
 
 import keras
+from keras.src import backend as keras_backend
 
 TESTED_KERAS_VERSIONS = ("3.15.1",)
 
@@ -55,6 +56,8 @@ RELIED_ON = (
     ("symbolic_scope", "in_symbolic_scope", None, "ids seen during shape inference"),
     ("Model", "_initial_epoch", None, "the epoch a resumed fit starts at"),
     ("Trainer", "_symbolic_build", None, "metrics built before a resumed epoch"),
+    ("backend.numpy", "matmul", ("torch",), "int8 products by torch's integer GEMM"),
+    ("backend.numpy", "einsum", ("torch",), "int8 products by torch's integer GEMM"),
 )
 """Each private attribute relied on, and why (see `tests/test_keras_private.py`)."""
 
@@ -258,6 +261,31 @@ def wrap_train_step(trainer_class, wrap):
         return
     _keras_train_steps[trainer_class] = trainer_class.train_step
     trainer_class.train_step = wrap(trainer_class.train_step)
+
+
+# name -> Keras' own op of the backend, for the ops wrapped.
+_keras_backend_ops = {}
+
+
+def wrap_backend_op(name, wrap):
+    """Replaces the backend's `keras.src.backend.numpy.<name>`, once.
+
+    `keras.ops.<name>` looks the backend's function up at every call, so
+    every layer's eager and traced calls take the replacement.
+
+    Args:
+        name: the op, e.g. `"matmul"`.
+        wrap: takes Keras' function, returns the new one.
+    """
+    if name in _keras_backend_ops:
+        return
+    _keras_backend_ops[name] = getattr(keras_backend.numpy, name)
+    setattr(keras_backend.numpy, name, wrap(_keras_backend_ops[name]))
+
+
+def keras_backend_op(name):
+    """Keras' own backend function `name`, whether wrapped or not."""
+    return _keras_backend_ops.get(name, getattr(keras_backend.numpy, name))
 
 
 def compute_loss(model, **kwargs):

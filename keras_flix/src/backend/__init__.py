@@ -28,6 +28,10 @@ the backend Keras runs on:
   SavedModel here; `saved_model_endpoint_options(shapes, constraints)`:
   what an export endpoint needs to keep the unknown sizes of its inputs
   unknown, and `DYNAMIC_SHAPE_ERRORS`, what tracing raises where it cannot;
+* `integer_matmul(x1, x2)` / `integer_einsum(subscripts, *operands)`:
+  int8 products in int32 by an integer GEMM that Keras does not use here
+  (None from a call where it does not apply; None as a whole on backends
+  whose Keras products are already the fast ones);
 * `on_tpu()`: whether the model runs on TPU;
 * `framework_random_state()` / `set_framework_random_state(state)`: the
   framework's global random state that Keras draws from outside its seed
@@ -56,6 +60,8 @@ assign_rows = _backend.assign_rows
 check_saved_model_export = _backend.check_saved_model_export
 keras_trainer = _backend.keras_trainer
 framework_random_state = _backend.framework_random_state
+integer_einsum = _backend.integer_einsum
+integer_matmul = _backend.integer_matmul
 on_tpu = _backend.on_tpu
 refresh_parameter_registry = _backend.refresh_parameter_registry
 row_sparse_parts = _backend.row_sparse_parts

@@ -39,6 +39,10 @@ def refresh_parameter_registry(layer):
 assign_rows = None
 """No in-place row writes: updates are functional, compiled in place by XLA."""
 
+integer_matmul = None
+integer_einsum = None
+"""Keras' own int8 products are the fast ones here: nothing to route."""
+
 
 def row_sparse_parts(gradient):
     """This backend makes no row-sparse gradients."""

@@ -29,6 +29,8 @@ from keras_flix.src import keras_private
 from keras_flix.src.backend.common import assign_rows  # noqa: F401
 from keras_flix.src.backend.common import assert_in_range_in_graph  # noqa: F401
 from keras_flix.src.backend.common import check_saved_model_export  # noqa: F401
+from keras_flix.src.backend.common import integer_einsum  # noqa: F401
+from keras_flix.src.backend.common import integer_matmul  # noqa: F401
 from keras_flix.src.backend.common import on_tpu  # noqa: F401
 from keras_flix.src.backend.common import refresh_parameter_registry  # noqa: F401
 from keras_flix.src.backend.common import framework_random_state  # noqa: F401

@@ -5,6 +5,8 @@ import numpy as np
 from keras_flix.src.backend.common import assign_rows  # noqa: F401
 from keras_flix.src.backend.common import assert_in_range_in_graph  # noqa: F401
 from keras_flix.src.backend.common import check_saved_model_export  # noqa: F401
+from keras_flix.src.backend.common import integer_einsum  # noqa: F401
+from keras_flix.src.backend.common import integer_matmul  # noqa: F401
 from keras_flix.src.backend.common import DYNAMIC_SHAPE_ERRORS  # noqa: F401
 from keras_flix.src.backend.common import on_tpu  # noqa: F401
 from keras_flix.src.backend.common import skip_train_function  # noqa: F401

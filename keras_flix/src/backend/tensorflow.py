@@ -4,6 +4,8 @@ import tensorflow as tf
 
 from keras_flix.src.backend.common import assign_rows  # noqa: F401
 from keras_flix.src.backend.common import check_saved_model_export  # noqa: F401
+from keras_flix.src.backend.common import integer_einsum  # noqa: F401
+from keras_flix.src.backend.common import integer_matmul  # noqa: F401
 from keras_flix.src.backend.common import DYNAMIC_SHAPE_ERRORS  # noqa: F401
 from keras_flix.src.backend.common import on_tpu  # noqa: F401
 from keras_flix.src.backend.common import refresh_parameter_registry  # noqa: F401

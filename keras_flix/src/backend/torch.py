@@ -12,7 +12,9 @@ every model's `train_step` when the optimizer asks for it
 `keras_flix.src.row_sparse_step`).
 """
 
+import functools
 import importlib.util
+import math
 
 import keras
 import torch
@@ -113,6 +115,105 @@ def row_sparse_parts(gradient):
         gradient = gradient.coalesce()
         return gradient.indices()[0], gradient.values()
     return None
+
+
+def integer_matmul(x1, x2):
+    """`x1 @ x2` of int8 tensors on the CPU, in int32, by torch's integer GEMM.
+
+    Keras' torch backend uses `torch._int_mm` on CUDA only; on the CPU it
+    copies both operands to int32 and calls `torch.matmul`, which has no
+    optimized integer kernel. `torch._int_mm` accumulates in int32 as well,
+    so the result is the same to the bit.
+
+    Args:
+        x1: `[..., k]` int8.
+        x2: `[k, n]` int8.
+
+    Returns:
+        `[..., n]` int32, or None where this does not apply (other dtypes,
+        devices or ranks): then Keras' own product runs.
+    """
+    if not _int8_on_cpu(x1, x2) or x1.ndim < 2 or x2.ndim != 2:
+        return None
+    rows = x1.reshape(-1, x1.shape[-1])
+    if 0 in rows.shape or 0 in x2.shape:
+        return None
+    return torch._int_mm(rows, x2).reshape(*x1.shape[:-1], x2.shape[-1])
+
+
+def integer_einsum(subscripts, *operands):
+    """`einsum` of two int8 tensors on the CPU, in int32, as one integer GEMM.
+
+    Applies to contractions without batch axes — every axis of the output
+    from exactly one operand, every other axis in both — which covers every
+    projection of `EinsumDense` (e.g. `"btd,dnh->btnh"`): the operands are
+    transposed into `[free_1, contracted] @ [contracted, free_2]` and the
+    product is `integer_matmul`'s.
+
+    Returns:
+        The int32 result, or None where this does not apply: then Keras'
+        own `einsum` runs.
+    """
+    if len(operands) != 2 or not _int8_on_cpu(*operands):
+        return None
+    plan = _contraction_plan(subscripts)
+    if plan is None or any(
+        x.ndim != len(axes) for x, axes in zip(operands, plan.operand_axes)
+    ):
+        return None
+    x1, x2 = operands
+    free_1, contracted, free_2 = (
+        [x1.shape[i] for i in plan.x1_free],
+        [x1.shape[i] for i in plan.x1_contracted],
+        [x2.shape[i] for i in plan.x2_free],
+    )
+    left = x1.permute(*plan.x1_free, *plan.x1_contracted).reshape(
+        math.prod(free_1), math.prod(contracted)
+    )
+    right = x2.permute(*plan.x2_contracted, *plan.x2_free).reshape(
+        math.prod(contracted), math.prod(free_2)
+    )
+    product = integer_matmul(left, right)
+    if product is None:
+        return None
+    return product.reshape(*free_1, *free_2).permute(*plan.output_order)
+
+
+def _int8_on_cpu(*operands):
+    return all(
+        isinstance(x, torch.Tensor) and x.dtype == torch.int8 and x.device.type == "cpu"
+        for x in operands
+    )
+
+
+class _ContractionPlan:
+    """Axis positions that turn a two-operand einsum into one matmul."""
+
+    def __init__(self, x1, x2, output):
+        self.operand_axes = (x1, x2)
+        contracted = [a for a in x1 if a in x2]
+        self.x1_free = [x1.index(a) for a in x1 if a not in x2]
+        self.x2_free = [x2.index(a) for a in x2 if a not in x1]
+        self.x1_contracted = [x1.index(a) for a in contracted]
+        self.x2_contracted = [x2.index(a) for a in contracted]
+        product_axes = [x1[i] for i in self.x1_free] + [x2[i] for i in self.x2_free]
+        self.output_order = [product_axes.index(a) for a in output]
+
+
+@functools.lru_cache(maxsize=None)
+def _contraction_plan(subscripts):
+    """The plan for `subscripts`, or None if it is not a batch-free contraction."""
+    inputs, arrow, output = subscripts.replace(" ", "").partition("->")
+    operands = inputs.split(",")
+    if not arrow or "." in subscripts or len(operands) != 2:
+        return None
+    x1, x2 = operands
+    every_axis_once = all(len(set(axes)) == len(axes) for axes in (x1, x2, output))
+    shared = set(x1) & set(x2)
+    free = (set(x1) | set(x2)) - shared
+    if not every_axis_once or shared & set(output) or free != set(output):
+        return None
+    return _ContractionPlan(x1, x2, output)
 
 
 def refresh_parameter_registry(layer):
