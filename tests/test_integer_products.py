@@ -91,6 +91,21 @@ def test_other_dtypes_are_keras_own_products():
     assert keras.backend.standardize_dtype(mixed.dtype) == "float32"
 
 
+def quantized_layer(spec):
+    equation, output_shape, bias_axes, input_shape = spec
+    if equation == "dense":
+        layer = keras.layers.Dense(output_shape)
+    else:
+        layer = keras.layers.EinsumDense(equation, output_shape, bias_axes=bias_axes)
+    layer.build((None, *input_shape[1:]))
+    layer.quantize("int8")
+    return layer, RNG.normal(size=input_shape).astype("float32")
+
+
+# Keras 3.15's `quantize` fails on an EinsumDense whose equation has an ellipsis.
+LAYER_SPECS = [("dense", 7, None, (6, 5, 8))] + [s for s in EQUATIONS if "." not in s[0]]
+
+
 @pytest.mark.skipif(not ON_TORCH, reason="Keras' own int8 products are XLA's here")
 def test_torch_routes_int8_products_on_the_cpu_to_the_integer_gemm():
     import torch
@@ -111,28 +126,18 @@ def test_torch_routes_int8_products_on_the_cpu_to_the_integer_gemm():
         for subscripts, x1_shape, x2_shape in NOT_CONTRACTIONS:
             keras.ops.einsum(subscripts, int8(x1_shape), int8(x2_shape))
         keras.ops.matmul(RNG.normal(size=(3, 4)), RNG.normal(size=(4, 2)))
-    assert len(calls) == 2
+        assert len(calls) == 2
+        # What quantized layers pass: their int8 inputs and kernels.
+        for spec in LAYER_SPECS[:2]:
+            layer, x = quantized_layer(spec)
+            layer(x)
+    assert calls[2:] == [((30, 8), (8, 7)), ((30, 8), (8, 8))]
 
 
 @pytest.mark.skipif(ON_TORCH, reason="torch has an integer GEMM to route to")
 def test_xla_backends_keep_keras_own_products():
     assert backend.integer_matmul is None
     assert keras_backend.numpy.matmul is keras_private.keras_backend_op("matmul")
-
-
-def quantized_layer(spec):
-    equation, output_shape, bias_axes, input_shape = spec
-    if equation == "dense":
-        layer = keras.layers.Dense(output_shape)
-    else:
-        layer = keras.layers.EinsumDense(equation, output_shape, bias_axes=bias_axes)
-    layer.build((None, *input_shape[1:]))
-    layer.quantize("int8")
-    return layer, RNG.normal(size=input_shape).astype("float32")
-
-
-# Keras 3.15's `quantize` fails on an EinsumDense whose equation has an ellipsis.
-LAYER_SPECS = [("dense", 7, None, (6, 5, 8))] + [s for s in EQUATIONS if "." not in s[0]]
 
 
 @pytest.mark.parametrize("spec", LAYER_SPECS, ids=[spec[0] for spec in LAYER_SPECS])
