@@ -16,6 +16,7 @@ import sys
 import types
 
 import keras
+import numpy as np
 import pytest
 
 from keras_flix.datasets import cldr_multitask
@@ -188,6 +189,7 @@ def test_every_run_is_evaluated_on_dev_and_test_once_trained(quick_run, tmp_path
         (["--rank", "5"], "--rank must be even"),
         (["--epochs", "0"], "--epochs must be positive"),
         (["--language-step", "0"], "--language-step must be positive"),
+        (["--head-step", "-1"], "--head-step must be positive; got -1.0"),
         (["--seeds", "3", "--run-seeds", "1", "3"], "--run-seeds 3: the study's seeds are 0 .. 2"),
     ],
 )
@@ -222,6 +224,46 @@ def test_flix_language_adapters_take_the_language_step():
     assert every["flix_no_dropout"].alphas == every["flix"].alphas
     assert every["flix_full_language_step"].alphas == {"language": alpha, "task": alpha}
     assert study.parse_args([]).language_step == methods_lib.LANGUAGE_STEP
+
+
+def test_a_head_with_step_s_trains_as_a_plain_head_at_s_times_the_rate():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 5)).astype("float32")
+    y = rng.integers(0, 4, 16)
+
+    def trained(head, lr):
+        model = keras.Sequential([keras.Input((5,)), head])
+        model.compile(
+            optimizer=keras.optimizers.Adam(lr),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        before = model.predict(x, verbose=0)
+        model.fit(x, y, epochs=5, batch_size=4, shuffle=False, verbose=0)
+        return before, model.predict(x, verbose=0)
+
+    scaled = trained(training.StepScaledDense(4, 3.0, seed=0), 1e-3)
+    plain = trained(
+        keras.layers.Dense(4, kernel_initializer=keras.initializers.GlorotUniform(seed=0)),
+        3e-3,
+    )
+    np.testing.assert_allclose(scaled[0], plain[0], rtol=1e-5, atol=1e-6)
+    # Equal but for Adam's epsilon, which does not scale with the gradient.
+    np.testing.assert_allclose(scaled[1], plain[1], rtol=1e-4, atol=1e-4)
+    assert not np.allclose(plain[0], plain[1], atol=1e-2)  # the head did move
+
+
+def test_head_step_enters_a_runs_settings_only_when_set():
+    # Records made before the option existed keep identifying their runs.
+    flix = methods_lib.methods(8, 0.3, ["de"], ["qa"])["flix"]
+
+    def settings(*arguments):
+        args = study.parse_args(list(arguments))
+        return study.Study.run_settings(
+            types.SimpleNamespace(args=args, steps=10), flix, 1e-3, 0
+        )
+
+    assert "head_step" not in settings()
+    assert settings("--head-step", "3")["head_step"] == 3.0
 
 
 def test_bad_backbone_path_is_explained(tmp_path):

@@ -152,6 +152,13 @@ def parse_args(argv=None):
         "(a factor on alpha; 1 = the same)",
     )
     parser.add_argument(
+        "--head-step",
+        type=float,
+        default=1.0,
+        help="the classifier head's learning rate relative to the adapters' "
+        "(exact under Adam; 1 = the same)",
+    )
+    parser.add_argument(
         "--lr",
         nargs="+",
         default=[],
@@ -253,6 +260,8 @@ def parse_args(argv=None):
             f"--language-step must be positive; got {args.language_step} "
             "(for FLix without language adapters, run `flix_task_only`)"
         )
+    if not args.head_step > 0:
+        parser.error(f"--head-step must be positive; got {args.head_step}")
     if args.lr_grid and args.eval_split != "dev":
         parser.error("--lr-grid chooses settings: it needs --eval-split dev")
     args.lr = _learning_rates(parser, args.lr, args.methods)
@@ -401,6 +410,9 @@ class Study:
             "per_cell": a.test_per_cell,
             "curve_points": a.curve_points,
             "backend": keras.backend.backend(),
+            # Only where it differs, so that records made before the option
+            # existed still identify their runs.
+            **({"head_step": a.head_step} if a.head_step != 1 else {}),
         }
 
     def truncated_training_examples(self):
@@ -611,6 +623,7 @@ def main(argv=None):
         "lr_grid": list(args.lr_grid) if args.lr_grid else None,
         "lr_selection": selection,
         "lr_schedule": f"linear warm-up ({training.WARMUP_FRACTION:.0%}) then cosine decay to 0",
+        "head_step": args.head_step,
         "scaling": f"s = alpha / r with alpha = {methods_lib.ALPHA:g} times the "
         "method's factor for the feature type (alpha_scale; default 1)",
         "alpha_scale": {m: study.all_methods[m].alpha_scale for m in args.methods},

@@ -60,8 +60,41 @@ def copy_backbone(pretrained, num_layers=None):
     return backbone
 
 
-def build_classifier(backbone, num_labels, seed):
-    """backbone -> masked mean -> Dense logits over all labels ("head")."""
+class StepScaledDense(keras.layers.Dense):
+    """A `Dense` layer whose training step is `step` times a plain one's.
+
+    It computes `step * (x W + b)`. Adam's update of a variable does not
+    depend on the scale of its gradient, so at a given learning rate the
+    output moves `step` times as far per step as a plain `Dense`'s: a
+    learning rate of its own, `step * lr`, with one optimizer. `W` is
+    initialized `1 / step` times the plain layer's (same seed), so both
+    start as the same function.
+
+    Args:
+        step: the factor (> 0).
+        seed: seeds the Glorot-uniform kernel initialization.
+        **kwargs: `Dense`'s arguments, without `kernel_initializer`.
+    """
+
+    def __init__(self, units, step, seed=None, **kwargs):
+        # Glorot uniform is VarianceScaling(1, "fan_avg", "uniform"): a
+        # variance 1 / step**2 as large draws the same values / step.
+        initializer = keras.initializers.VarianceScaling(
+            1.0 / step**2, mode="fan_avg", distribution="uniform", seed=seed
+        )
+        super().__init__(units, kernel_initializer=initializer, **kwargs)
+        self.step = step
+
+    def call(self, inputs):
+        return self.step * super().call(inputs)
+
+
+def build_classifier(backbone, num_labels, seed, head_step=1.0):
+    """backbone -> masked mean -> Dense logits over all labels ("head").
+
+    `head_step` != 1 makes the head a `StepScaledDense`: its learning rate
+    is `head_step` times the adapters'.
+    """
     inputs = {
         name: keras.Input(shape=tensor.shape[1:], dtype=tensor.dtype, name=name)
         for name, tensor in backbone.input.items()
@@ -69,11 +102,15 @@ def build_classifier(backbone, num_labels, seed):
     outputs = backbone(inputs)
     sequence = outputs["sequence_output"] if isinstance(outputs, dict) else outputs
     pooled = MaskedMeanPooling(name="mean_pooling")(sequence, inputs["padding_mask"])
-    logits = keras.layers.Dense(
-        num_labels,
-        kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
-        name="head",
-    )(pooled)
+    if head_step == 1:
+        head = keras.layers.Dense(
+            num_labels,
+            kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
+            name="head",
+        )
+    else:
+        head = StepScaledDense(num_labels, head_step, seed=seed, name="head")
+    logits = head(pooled)
     return keras.Model(inputs, logits, name="sentence_classifier")
 
 
@@ -169,7 +206,9 @@ def train_and_evaluate(study, method, lr, seed):
         study.label_names,
     )
     backbone = copy_backbone(study.pretrained, study.args.backbone_layers)
-    classifier = build_classifier(backbone, len(study.label_names), seed)
+    classifier = build_classifier(
+        backbone, len(study.label_names), seed, study.args.head_step
+    )
     model = methods_lib.adapt(method, classifier, backbone, schema, seed)
     model.compile(
         optimizer=OPTIMIZERS[study.args.optimizer](learning_rate_schedule(lr, study.steps)),
