@@ -245,8 +245,16 @@ def refresh_torch_parameters(layer):
         layer._track_variables()
 
 
-# trainer class -> Keras' own `train_step`, for the classes wrapped.
-_keras_train_steps = {}
+# (owner, attribute) -> Keras' own value, for the attributes replaced.
+_keras_originals = {}
+
+
+def _wrap_once(owner, attribute, wrap):
+    """Sets `owner.<attribute>` to `wrap(Keras' own value)`, the first time only."""
+    if (owner, attribute) in _keras_originals:
+        return
+    _keras_originals[owner, attribute] = getattr(owner, attribute)
+    setattr(owner, attribute, wrap(_keras_originals[owner, attribute]))
 
 
 def wrap_train_step(trainer_class, wrap):
@@ -257,14 +265,7 @@ def wrap_train_step(trainer_class, wrap):
             `TorchTrainer`), which every `keras.Model` there inherits.
         wrap: takes Keras' `train_step` function, returns the new one.
     """
-    if trainer_class in _keras_train_steps:
-        return
-    _keras_train_steps[trainer_class] = trainer_class.train_step
-    trainer_class.train_step = wrap(trainer_class.train_step)
-
-
-# name -> Keras' own op of the backend, for the ops wrapped.
-_keras_backend_ops = {}
+    _wrap_once(trainer_class, "train_step", wrap)
 
 
 def wrap_backend_op(name, wrap):
@@ -277,15 +278,14 @@ def wrap_backend_op(name, wrap):
         name: the op, e.g. `"matmul"`.
         wrap: takes Keras' function, returns the new one.
     """
-    if name in _keras_backend_ops:
-        return
-    _keras_backend_ops[name] = getattr(keras_backend.numpy, name)
-    setattr(keras_backend.numpy, name, wrap(_keras_backend_ops[name]))
+    _wrap_once(keras_backend.numpy, name, wrap)
 
 
 def keras_backend_op(name):
     """Keras' own backend function `name`, whether wrapped or not."""
-    return _keras_backend_ops.get(name, getattr(keras_backend.numpy, name))
+    return _keras_originals.get(
+        (keras_backend.numpy, name), getattr(keras_backend.numpy, name)
+    )
 
 
 def compute_loss(model, **kwargs):
