@@ -34,12 +34,18 @@ quickstart: install
 # The whole test suite, once per Keras backend (the backend is fixed at
 # import), the backends' processes side by side: a test keeps a core busy
 # only part of the time (on 2 cores, 0.55-0.73 of the time of one process
-# after another). Each line of output is prefixed with its backend; each
-# process has its own temporary folder.
+# after another). Each process computes on one thread (TEST_THREADS): three
+# processes whose thread pools each span every core spend their time waiting
+# on each other (torch's OpenMP threads spin; the causal LM example took
+# 66 s with two threads, 30 s with one, on a loaded 2-core machine). Each
+# line of output is prefixed with its backend; each process has its own
+# temporary folder.
+TEST_THREADS = OMP_NUM_THREADS=1 TF_NUM_INTRAOP_THREADS=1 \
+	XLA_FLAGS="--xla_cpu_multi_thread_eigen=false $${XLA_FLAGS:-}"
 test: install
 	@work=$$(mktemp -d); \
 	for backend in $(BACKENDS); do \
-		{ KERAS_BACKEND=$$backend TF_CPP_MIN_LOG_LEVEL=3 $(RUN) -m pytest \
+		{ KERAS_BACKEND=$$backend TF_CPP_MIN_LOG_LEVEL=3 $(TEST_THREADS) $(RUN) -m pytest \
 			--doctest-modules --basetemp=$$work/$$backend $(TESTS) 2>&1; \
 			echo $$? > $$work/$$backend.status; } | sed -u "s/^/[$$backend] /" & \
 	done; \

@@ -316,6 +316,21 @@ def token_inputs(specs, batch, lengths, seed=0):
     return inputs
 
 
+BACKENDS = ("jax", "tensorflow", "torch")
+
+
+def another_backend():
+    """The backend after this process's one in `BACKENDS`, cyclically.
+
+    A test that saves a file here and loads it in a fresh process on
+    `another_backend()` makes, across the three backends' test runs, every
+    backend write once and read once: three fresh processes, where every
+    (writer, reader) pair would take nine. Loading on the writing backend is
+    tested in-process.
+    """
+    return BACKENDS[(BACKENDS.index(keras.backend.backend()) + 1) % len(BACKENDS)]
+
+
 def run_under(backend, script):
     """Runs the Python `script` in a fresh process on `backend`; its stdout."""
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}

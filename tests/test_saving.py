@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from helpers import MIXED_IDS
 from helpers import SCHEMA
+from helpers import another_backend
 from helpers import bert_inputs
 from helpers import max_relative_error
 from helpers import randomize_adapters
@@ -65,18 +66,18 @@ print(type(model).__name__, keras.backend.backend())
 
 
 @pytest.mark.slow
-def test_keras_file_loads_in_fresh_processes_on_every_backend(tmp_path):
+def test_keras_file_loads_in_a_fresh_process_on_another_backend(tmp_path):
     model = flix_bert()
     randomize_adapters(model)
     expected = pooled(model)
     path = str(tmp_path / "model.keras")
     model.save(path)
     tests = os.path.dirname(os.path.abspath(__file__))
-    for backend in ("jax", "tensorflow", "torch"):
-        out = str(tmp_path / f"{backend}.npy")
-        stdout = run_under(backend, LOAD_SCRIPT.format(tests=tests, path=path, out=out))
-        assert f"FLixModel {backend}" in stdout
-        np.testing.assert_allclose(np.load(out), expected, atol=1e-6, rtol=0)
+    backend = another_backend()
+    out = str(tmp_path / f"{backend}.npy")
+    stdout = run_under(backend, LOAD_SCRIPT.format(tests=tests, path=path, out=out))
+    assert f"FLixModel {backend}" in stdout
+    np.testing.assert_allclose(np.load(out), expected, atol=1e-6, rtol=0)
 
 
 def test_adapter_file_round_trip_is_small(tmp_path):
