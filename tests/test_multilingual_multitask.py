@@ -189,7 +189,9 @@ def test_every_run_is_evaluated_on_dev_and_test_once_trained(quick_run, tmp_path
         (["--rank", "5"], "--rank must be even"),
         (["--epochs", "0"], "--epochs must be positive"),
         (["--language-step", "0"], "--language-step must be positive"),
-        (["--head-step", "-1"], "--head-step must be positive; got -1.0"),
+        (["--head-step", "-1"], "--head-step '-1': expected a positive number"),
+        (["--head-step", "lora=x"], "--head-step 'lora=x': expected a positive number"),
+        (["--head-step", "nope=3"], "'nope' is not among --methods"),
         (["--seeds", "3", "--run-seeds", "1", "3"], "--run-seeds 3: the study's seeds are 0 .. 2"),
     ],
 )
@@ -262,8 +264,10 @@ def test_head_step_enters_a_runs_settings_only_when_set():
             types.SimpleNamespace(args=args, steps=10), flix, 1e-3, 0
         )
 
-    assert "head_step" not in settings()
+    assert "head_step" not in settings("--head-step", "1")
     assert settings("--head-step", "3")["head_step"] == 3.0
+    assert settings("--head-step", "lora=3", "flix=2")["head_step"] == 2.0
+    assert "head_step" not in settings("--head-step", "lora=3")
 
 
 def test_bad_backbone_path_is_explained(tmp_path):

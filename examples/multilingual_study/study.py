@@ -57,6 +57,10 @@ CHOSEN_LR = {
     "flix_no_dropout": (1e-3, DEV_PUBLISHED),
 }
 DEFAULT_LR = 3e-3
+# method -> (the head's step relative to the adapters', the folder of the dev
+# runs it was chosen in). A method missing here trains its head at its
+# adapters' rate.
+CHOSEN_HEAD_STEP = {}
 DEFAULTS = {
     "epochs": 1.0,
     "seeds": 1,
@@ -153,10 +157,11 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--head-step",
-        type=float,
-        default=1.0,
+        nargs="+",
+        default=[],
         help="the classifier head's learning rate relative to the adapters' "
-        "(exact under Adam; 1 = the same)",
+        "(exact under Adam; 1 = the same) for every method (`3`) or one "
+        "method (`flix=3`); default: the dev-chosen ones",
     )
     parser.add_argument(
         "--lr",
@@ -260,11 +265,12 @@ def parse_args(argv=None):
             f"--language-step must be positive; got {args.language_step} "
             "(for FLix without language adapters, run `flix_task_only`)"
         )
-    if not args.head_step > 0:
-        parser.error(f"--head-step must be positive; got {args.head_step}")
     if args.lr_grid and args.eval_split != "dev":
         parser.error("--lr-grid chooses settings: it needs --eval-split dev")
-    args.lr = _learning_rates(parser, args.lr, args.methods)
+    args.lr = _per_method(parser, "--lr", args.lr, args.methods, CHOSEN_LR, DEFAULT_LR)
+    args.head_step = _per_method(
+        parser, "--head-step", args.head_step, args.methods, CHOSEN_HEAD_STEP, 1.0
+    )
     return args
 
 
@@ -284,27 +290,34 @@ def _method_names(parser, names):
     return chosen
 
 
-def _learning_rates(parser, values, method_names):
-    """method -> (lr, source) from --lr, CHOSEN_LR and DEFAULT_LR."""
-    rates = {
-        m: (CHOSEN_LR[m][0], f"from dev runs ({CHOSEN_LR[m][1]}; see README)")
-        if m in CHOSEN_LR
-        else (DEFAULT_LR, "default (not tuned)")
+def _per_method(parser, option, values, method_names, chosen, default):
+    """method -> (value, source) from the option's values, `chosen` and `default`.
+
+    A value is `number` (every method) or `method=number` (one method); a
+    method neither names takes its dev-chosen value, else `default`.
+    """
+    settings = {
+        m: (chosen[m][0], f"from dev runs ({chosen[m][1]}; see README)")
+        if m in chosen
+        else (default, "default (not tuned)")
         for m in method_names
     }
     for value in values:
         method, _, number = value.rpartition("=")
         try:
-            lr = float(number)
+            parsed = float(number)
         except ValueError:
-            lr = -1.0
-        if not lr > 0:
-            parser.error(f"--lr {value!r}: expected a positive number, e.g. 3e-3")
+            parsed = -1.0
+        if not parsed > 0:
+            parser.error(
+                f"{option} {value!r}: expected a positive number, for every "
+                "method, or method=number"
+            )
         if method and method not in method_names:
-            parser.error(f"--lr {value!r}: {method!r} is not among --methods")
+            parser.error(f"{option} {value!r}: {method!r} is not among --methods")
         for m in [method] if method else method_names:
-            rates[m] = (lr, "--lr")
-    return rates
+            settings[m] = (parsed, option)
+    return settings
 
 
 def backbone_preset(backbone):
@@ -389,6 +402,7 @@ class Study:
         `split` defaults to the evaluated one (`--eval-split`).
         """
         a = self.args
+        head_step = a.head_step[method.name][0]
         return {
             "method": method.name,
             "lr": lr,
@@ -412,7 +426,7 @@ class Study:
             "backend": keras.backend.backend(),
             # Only where it differs, so that records made before the option
             # existed still identify their runs.
-            **({"head_step": a.head_step} if a.head_step != 1 else {}),
+            **({"head_step": head_step} if head_step != 1 else {}),
         }
 
     def truncated_training_examples(self):
@@ -623,7 +637,8 @@ def main(argv=None):
         "lr_grid": list(args.lr_grid) if args.lr_grid else None,
         "lr_selection": selection,
         "lr_schedule": f"linear warm-up ({training.WARMUP_FRACTION:.0%}) then cosine decay to 0",
-        "head_step": args.head_step,
+        "head_step": {m: step for m, (step, _) in args.head_step.items()},
+        "head_step_source": {m: source for m, (_, source) in args.head_step.items()},
         "scaling": f"s = alpha / r with alpha = {methods_lib.ALPHA:g} times the "
         "method's factor for the feature type (alpha_scale; default 1)",
         "alpha_scale": {m: study.all_methods[m].alpha_scale for m in args.methods},

@@ -207,7 +207,7 @@ def train_and_evaluate(study, method, lr, seed):
     )
     backbone = copy_backbone(study.pretrained, study.args.backbone_layers)
     classifier = build_classifier(
-        backbone, len(study.label_names), seed, study.args.head_step
+        backbone, len(study.label_names), seed, study.args.head_step[method.name][0]
     )
     model = methods_lib.adapt(method, classifier, backbone, schema, seed)
     model.compile(
