@@ -40,10 +40,27 @@ only_on = lambda backend: pytest.mark.skipif(  # noqa: E731
 )
 
 
+# Every jax scenario, trained in one process (a process with 8 simulated
+# devices costs more to start than a scenario costs to run).
+JAX_SCENARIOS = (
+    "model_parallel",
+    "model_parallel+int8",
+    "values_sharded",
+    "data_parallel",
+    "data_parallel+lazy_adam",
+    "values_sharded+lazy_adam",
+)
+
+
+@pytest.fixture(scope="module")
+def jax_results():
+    return run_script("jax_parallel.py", *JAX_SCENARIOS)
+
+
 @pytest.mark.slow
 @only_on("jax")
-def test_jax_model_parallel_with_kerashub_layout_map():
-    result = run_script("jax_parallel.py", "model_parallel")
+def test_jax_model_parallel_with_kerashub_layout_map(jax_results):
+    result = jax_results["model_parallel"]
     np.testing.assert_allclose(result["losses"], result["single_losses"], rtol=1e-5)
     assert result["max_weight_difference"] < 1e-5
     assert_adapters_laid_out_like_gemma_ffw_kernel(result)
@@ -51,14 +68,14 @@ def test_jax_model_parallel_with_kerashub_layout_map():
 
 @pytest.mark.slow
 @only_on("jax")
-def test_jax_model_parallel_over_an_int8_backbone():
+def test_jax_model_parallel_over_an_int8_backbone(jax_results):
     # QLoRA style under KerasHub's layout map: Keras quantizes the backbone
     # under the distribution, the int8 kernels keep the float kernels'
     # layout and the adapters are laid out from it, as over a float base.
     # (Keras' int4 EinsumDense stores its kernel packed in 2-D, which a
     # layout map written for the 3-D float kernel cannot shard: Keras'
     # `quantize("int4")` itself fails under it.)
-    result = run_script("jax_parallel.py", "model_parallel", "int8")
+    result = jax_results["model_parallel+int8"]
     np.testing.assert_allclose(result["losses"], result["single_losses"], rtol=1e-5)
     assert result["max_weight_difference"] < 1e-5
     assert set(result["kernel_dtypes"].values()) == {"int8"}
@@ -67,8 +84,8 @@ def test_jax_model_parallel_over_an_int8_backbone():
 
 @pytest.mark.slow
 @only_on("jax")
-def test_jax_model_parallel_with_sharded_feature_values():
-    result = run_script("jax_parallel.py", "values_sharded")
+def test_jax_model_parallel_with_sharded_feature_values(jax_results):
+    result = jax_results["values_sharded"]
     np.testing.assert_allclose(result["losses"], result["single_losses"], rtol=1e-5)
     shardings = result["adapter_shardings"]
     assert shardings["decoder_block_0/ffw_linear/flix_language_a"] == "P('model', None, None)"
@@ -77,8 +94,8 @@ def test_jax_model_parallel_with_sharded_feature_values():
 
 @pytest.mark.slow
 @only_on("jax")
-def test_jax_data_parallel():
-    result = run_script("jax_parallel.py", "data_parallel")
+def test_jax_data_parallel(jax_results):
+    result = jax_results["data_parallel"]
     np.testing.assert_allclose(result["losses"], result["single_losses"], rtol=1e-5)
     assert result["max_weight_difference"] < 1e-5
 
@@ -86,10 +103,10 @@ def test_jax_data_parallel():
 @pytest.mark.slow
 @only_on("jax")
 @pytest.mark.parametrize("mode", ["data_parallel", "values_sharded"])
-def test_jax_row_sparse_lazy_adam_step_distributed(mode):
+def test_jax_row_sparse_lazy_adam_step_distributed(jax_results, mode):
     # The FLixModel trained with LazyAdam (row-sparse table gradients), on a
     # data-parallel mesh and with the value axis sharded over "model".
-    result = run_script("jax_parallel.py", mode, "lazy_adam")
+    result = jax_results[f"{mode}+lazy_adam"]
     np.testing.assert_allclose(result["losses"], result["single_losses"], rtol=1e-5)
     assert result["max_weight_difference"] < 1e-5
 

@@ -1,13 +1,15 @@
 """FLix training on 8 simulated CPU devices with keras.distribution (JAX).
 
 Run as a script in its own process: the device count must be set before JAX
-is imported. Arguments: the mode, then any of the options `lazy_adam` (train
-the `FLixModel` itself with `LazyAdam`, row-sparse table gradients, instead
-of a wrapper with SGD) and `int8` (quantize the backbone with Keras'
-`quantize("int8")`, under the distribution, before `retrofit`). Prints one
-JSON line with the single-device and distributed losses, the largest weight
+is imported. Arguments: scenarios, each a mode joined by `+` to any of the
+options `lazy_adam` (train the `FLixModel` itself with `LazyAdam`, row-sparse
+table gradients, instead of a wrapper with SGD) and `int8` (quantize the
+backbone with Keras' `quantize("int8")`, under the distribution, before
+`retrofit`), e.g. `values_sharded+lazy_adam`. Prints one JSON line: for each
+scenario, the single-device and distributed losses, the largest weight
 difference after training, the shardings of the adapter variables and of
-the base kernels, and the base kernels' dtypes.
+the base kernels, and the base kernels' dtypes. One process runs them all
+(each starts from `set_random_seed(0)` and no distribution).
 """
 
 import os
@@ -124,10 +126,14 @@ def train(
     return result, weights
 
 
+MODES = ("model_parallel", "values_sharded", "data_parallel")
 OPTIONS = ("lazy_adam", "int8")
 
 
-def main(mode, *options):
+def run(scenario):
+    mode, *options = scenario.split("+")
+    if mode not in MODES:
+        raise SystemExit(f"unknown mode {mode!r} in {scenario!r}; expected one of {MODES}")
     unknown = [o for o in options if o not in OPTIONS]
     if unknown:
         raise SystemExit(f"unknown options {unknown}; expected any of {OPTIONS}")
@@ -154,7 +160,7 @@ def main(mode, *options):
     (losses, weights, shardings, kernel_shardings, kernel_dtypes), _ = train(
         make, distribution, initial, lazy_adam=lazy_adam, quantization=quantization
     )
-    print(json.dumps({
+    return {
         "single_losses": single_losses,
         "losses": losses,
         "max_weight_difference": max(
@@ -163,8 +169,8 @@ def main(mode, *options):
         "adapter_shardings": shardings,
         "kernel_shardings": kernel_shardings,
         "kernel_dtypes": kernel_dtypes,
-    }))
+    }
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    print(json.dumps({scenario: run(scenario) for scenario in sys.argv[1:]}))
