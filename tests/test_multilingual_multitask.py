@@ -209,14 +209,20 @@ def test_method_groups_and_learning_rates():
     assert {"flix_shared", "flix_lang_heavy"} <= set(args.methods)
 
 
-def test_every_published_rate_was_chosen_in_recorded_dev_runs():
+def dev_record(folder, method, lr):
+    path = EXAMPLES.parent / training.run_path(folder, "dev", method, lr, seed=0)
+    settings = json.loads(path.read_text())["settings"]
+    assert (settings["method"], settings["lr"], settings["split"]) == (method, lr, "dev")
+    return settings
+
+
+def test_every_published_rate_and_head_step_was_chosen_in_recorded_dev_runs():
     for method in methods_lib.PUBLISHED:
         lr, folder = study.CHOSEN_LR[method]
-        record = EXAMPLES.parent / training.run_path(folder, "dev", method, lr, seed=0)
-        settings = json.loads(record.read_text())["settings"]
-        assert (settings["method"], settings["lr"], settings["split"]) == (
-            method, lr, "dev"
-        )
+        dev_record(folder, method, lr)
+    for method, (head_step, folder) in study.CHOSEN_HEAD_STEP.items():
+        settings = dev_record(folder, method, study.CHOSEN_LR[method][0])
+        assert settings.get("head_step", 1.0) == head_step
 
 
 def test_flix_language_adapters_take_the_language_step():
