@@ -225,6 +225,18 @@ def test_every_published_rate_and_head_step_was_chosen_in_recorded_dev_runs():
         assert settings.get("head_step", 1.0) == head_step
 
 
+def test_a_variant_takes_the_head_rate_chosen_for_its_method():
+    chosen = study.chosen_head_steps()
+    assert set(study.HEAD_RATE_FROM) | set(study.CHOSEN_HEAD_STEP) == set(methods_lib.PUBLISHED)
+    for method, source in study.HEAD_RATE_FROM.items():
+        rate = chosen[method][0] * study.CHOSEN_LR[method][0]
+        assert rate == pytest.approx(chosen[source][0] * study.CHOSEN_LR[source][0])
+        assert f"{source}'s head rate" in chosen[method][1]
+    args = study.parse_args(["--methods", "published"])
+    assert args.head_step["flix_no_dropout"][0] == 30.0
+    assert args.head_step["kerashub_lora"][0] == 10.0
+
+
 def test_flix_language_adapters_take_the_language_step():
     every = methods_lib.methods(8, 0.3, ["de", "en"], ["qa"], language_step=0.5)
     alpha = methods_lib.ALPHA
@@ -273,7 +285,8 @@ def test_head_step_enters_a_runs_settings_only_when_set():
     assert "head_step" not in settings("--head-step", "1")
     assert settings("--head-step", "3")["head_step"] == 3.0
     assert settings("--head-step", "lora=3", "flix=2")["head_step"] == 2.0
-    assert "head_step" not in settings("--head-step", "lora=3")
+    # Not named: FLix's dev-chosen step.
+    assert settings("--head-step", "lora=3")["head_step"] == study.CHOSEN_HEAD_STEP["flix"][0]
 
 
 def test_bad_backbone_path_is_explained(tmp_path):

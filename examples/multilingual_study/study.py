@@ -57,10 +57,24 @@ CHOSEN_LR = {
     "flix_no_dropout": (1e-3, DEV_PUBLISHED),
 }
 DEFAULT_LR = 3e-3
+# Chosen on the dev split at one epoch, seed 0, from steps {1, 3, 10, 30, 100}
+# (FLix: 53.7 / 60.0 / 63.8 / 65.7 / 65.0 %) and {1, 3, 10, 30} (LoRA: 62.6 /
+# 64.5 / 68.0 / 67.5 %) in HEAD_GRID: the head's rate 3e-2 for both.
+HEAD_GRID = f"{RESULTS}/dev_ablations/head_step_grid"
 # method -> (the head's step relative to the adapters', the folder of the dev
-# runs it was chosen in). A method missing here trains its head at its
-# adapters' rate.
-CHOSEN_HEAD_STEP = {}
+# runs it was chosen in).
+CHOSEN_HEAD_STEP = {
+    "flix": (30.0, f"{HEAD_GRID}/flix_step30"),
+    "lora": (10.0, f"{HEAD_GRID}/lora_step10"),
+}
+# method -> the method in CHOSEN_HEAD_STEP whose head *rate* (step times
+# learning rate) it takes, untuned for itself: the variants of a method
+# share its head. A method in neither trains its head at its adapters' rate.
+HEAD_RATE_FROM = {
+    "lora_wide": "lora",
+    "kerashub_lora": "lora",
+    "flix_no_dropout": "flix",
+}
 DEFAULTS = {
     "epochs": 1.0,
     "seeds": 1,
@@ -269,9 +283,25 @@ def parse_args(argv=None):
         parser.error("--lr-grid chooses settings: it needs --eval-split dev")
     args.lr = _per_method(parser, "--lr", args.lr, args.methods, CHOSEN_LR, DEFAULT_LR)
     args.head_step = _per_method(
-        parser, "--head-step", args.head_step, args.methods, CHOSEN_HEAD_STEP, 1.0
+        parser, "--head-step", args.head_step, args.methods, chosen_head_steps(), 1.0
     )
     return args
+
+
+def chosen_head_steps():
+    """method -> (head step, where it comes from): CHOSEN_HEAD_STEP and HEAD_RATE_FROM.
+
+    A method of HEAD_RATE_FROM takes the step that gives its head the head
+    rate chosen for the other method at that method's learning rate.
+    """
+    steps = dict(CHOSEN_HEAD_STEP)
+    for method, source in HEAD_RATE_FROM.items():
+        source_step, folder = CHOSEN_HEAD_STEP[source]
+        rate = source_step * CHOSEN_LR[source][0]
+        # Six significant digits, so that 3e-2 / 1e-3 is 30, not 29.999999999999996.
+        step = float(f"{rate / CHOSEN_LR[method][0]:.6g}")
+        steps[method] = (step, f"{source}'s head rate {rate:g}, chosen in {folder}")
+    return steps
 
 
 def _method_names(parser, names):
