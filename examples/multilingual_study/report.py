@@ -245,22 +245,32 @@ def plot_heatmap(difference, languages, title, path):
 
 
 def plot_learning_curves(runs, titles, path):
-    """Dev-subset accuracy against steps, one line per run."""
+    """Dev-subset accuracy against steps: a colour per method and rate, a line style per seed."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
+    series = list(dict.fromkeys((r["settings"]["method"], r["settings"]["lr"]) for r in runs))
+    colours = plt.get_cmap("tab10")
+    seed_styles = ["-", "--", ":", "-."]
+    labelled = set()
     for run in runs:
         if run["dev_curve"]:
             s = run["settings"]
+            key = (s["method"], s["lr"])
             steps, accuracy = zip(*run["dev_curve"])
             ax.plot(
                 steps,
                 100 * np.array(accuracy),
-                label=f"{titles[s['method']]} (lr {s['lr']:g}, seed {s['seed']})",
+                color=colours(series.index(key) % colours.N),
+                linestyle=seed_styles[s["seed"] % len(seed_styles)],
+                label=None if key in labelled else f"{titles[s['method']]} (lr {s['lr']:g})",
                 marker=".",
             )
+            labelled.add(key)
     ax.set_xlabel("training step")
     ax.set_ylabel("dev accuracy (%, subset)")
-    ax.set_title("Learning curves", fontsize=9)
+    ax.set_title(
+        "Learning curves (seed 0 solid, 1 dashed, 2 dotted, 3 dash-dot)", fontsize=9
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
     fig.tight_layout()
