@@ -48,8 +48,11 @@ def training_memory(build_model, steps):
     resident size before the model was built (after imports and
     `malloc_trim`). It counts weights, gradients, optimizer state and
     activations however the backend allocates them. On jax also XLA's own
-    buffer assignment for the compiled train step (exact), on TensorFlow the
-    peak of its CPU allocator during the steps (every tensor, nothing else).
+    buffer assignment for the compiled train step (exact, on any device),
+    on TensorFlow the peak of its CPU allocator during the steps (every
+    tensor, nothing else), on torch with a CUDA device the peak of torch's
+    CUDA allocator during the steps (every tensor on the GPU; the resident
+    set then counts host memory only).
 
     Args:
         build_model: returns `(model, inputs, target)`, the model compiled.
@@ -61,6 +64,8 @@ def training_memory(build_model, steps):
     keras.ops.convert_to_numpy(keras.ops.ones((2, 2)) + 1)  # Initialize the backend.
     trim_heap()
     baseline = read_status("VmRSS")
+    cuda = _torch_cuda()
+    cuda_baseline = cuda.memory_allocated() if cuda else None
     model, inputs, target = build_model()
     for _ in range(2):
         model.train_on_batch(inputs, target)
@@ -76,6 +81,9 @@ def training_memory(build_model, steps):
         import tensorflow as tf
 
         tf.config.experimental.reset_memory_stats("CPU:0")
+    if cuda:
+        cuda.synchronize()
+        cuda.reset_peak_memory_stats()
     for _ in range(steps):
         model.train_on_batch(inputs, target)
     peak = read_status("VmHWM")
@@ -94,7 +102,22 @@ def training_memory(build_model, steps):
             "peak_mb": round(stats["peak"] / 2**20, 1),
             "current_mb": round(stats["current"] / 2**20, 1),
         }
+    if cuda:
+        cuda.synchronize()
+        result["torch_cuda_allocator"] = {
+            "peak_mb": round((cuda.max_memory_allocated() - cuda_baseline) / 2**20, 1),
+            "current_mb": round((cuda.memory_allocated() - cuda_baseline) / 2**20, 1),
+        }
     return result
+
+
+def _torch_cuda():
+    """`torch.cuda` where Keras' torch backend computes on a CUDA device, else None."""
+    if keras.backend.backend() != "torch":
+        return None
+    import torch
+
+    return torch.cuda if torch.cuda.is_available() else None
 
 
 def xla_train_step_analysis(model, inputs, target):
@@ -164,7 +187,8 @@ def finish_probe(name, process, log):
 
 def memory_figure(memory, name):
     """The figure memory ratios use, and its method: XLA's buffers on jax,
-    TensorFlow's allocator peak on TensorFlow, else the RSS high-water mark.
+    TensorFlow's allocator peak on TensorFlow, torch's CUDA allocator peak on
+    torch with a GPU, else the RSS high-water mark.
 
     Args:
         memory: a dict from configuration to `training_memory`'s result.
@@ -180,4 +204,6 @@ def memory_figure(memory, name):
         return probe["xla"]["peak_mb"], "xla_buffer_assignment"
     if "tensorflow_allocator" in probe:
         return probe["tensorflow_allocator"]["peak_mb"], "tensorflow_allocator_peak"
+    if "torch_cuda_allocator" in probe:
+        return probe["torch_cuda_allocator"]["peak_mb"], "torch_cuda_allocator_peak"
     return probe["peak_mb"], probe["method"]

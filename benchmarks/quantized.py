@@ -27,8 +27,12 @@ one fresh process per configuration (`peak_memory.training_memory`): on jax
 XLA's buffer assignment for the compiled train step, on TensorFlow its CPU
 allocator's peak, on torch the resident set's high-water mark.
 
+On a GPU the same script measures the GPU: jax's figure is XLA's buffer
+assignment for that device, torch's the peak of its CUDA allocator.
+
 Run:  KERAS_BACKEND=jax python benchmarks/quantized.py [--json out.json]
-          [--quick] [--rounds 7] [--layers 2] [--no-memory]
+          [--quick] [--rounds 7] [--layers 2] [--batch-size 2]
+          [--sequence-length 128] [--vocabulary-size 4096] [--no-memory]
 """
 
 import argparse
@@ -77,6 +81,14 @@ QUICK = {
     "warm_up_calls": 1,
     "memory_steps": 1,
 }
+# Options that change the model's or the batch's size: option -> settings key.
+# The memory probes are started with the same ones.
+SIZE_OPTIONS = {
+    "layers": "num_layers",
+    "vocabulary_size": "vocabulary_size",
+    "batch_size": "batch_size",
+    "sequence_length": "sequence_length",
+}
 CONFIGURATIONS = ("float32", "int8", "int4")
 FEATURE_TYPES = ("language", "task")
 # (numerator, denominator, "train" or "memory", target or None).
@@ -95,6 +107,9 @@ def parse_args(argv=None):
         "--quick", action="store_true", help="a tiny model and 2 rounds (smoke test)"
     )
     parser.add_argument("--layers", type=int, help="transformer layers")
+    parser.add_argument("--vocabulary-size", type=int, help="vocabulary size")
+    parser.add_argument("--batch-size", type=int, help="sequences per batch")
+    parser.add_argument("--sequence-length", type=int, help="tokens per sequence")
     parser.add_argument("--rounds", type=int, help="timed rounds")
     parser.add_argument(
         "--no-memory", action="store_true", help="skip the memory subprocesses"
@@ -102,10 +117,12 @@ def parse_args(argv=None):
     parser.add_argument("--memory-probe", choices=CONFIGURATIONS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     settings = dict(QUICK if args.quick else FULL)
-    if args.layers is not None:
-        settings["num_layers"] = args.layers
-    if args.rounds is not None:
-        settings["rounds"] = args.rounds
+    for option, key in {**SIZE_OPTIONS, "rounds": "rounds"}.items():
+        value = getattr(args, option)
+        if value is not None:
+            if value < 1:
+                parser.error(f"--{option.replace('_', '-')} must be at least 1, got {value}")
+            settings[key] = value
     return args, settings
 
 
@@ -184,8 +201,10 @@ def weight_bytes(model):
 
 def start_memory_probe(args, mode):
     flags = ["--quick"] if args.quick else []
-    if args.layers is not None:
-        flags += ["--layers", str(args.layers)]
+    for option in SIZE_OPTIONS:
+        value = getattr(args, option)
+        if value is not None:
+            flags += [f"--{option.replace('_', '-')}", str(value)]
     return peak_memory.start_probe(__file__, ["--memory-probe", mode, *flags])
 
 
@@ -271,6 +290,7 @@ def print_report(results):
     info, settings = results["info"], results["settings"]
     print(
         f"\nBackend {info['backend']}, {info['cpu_count']} CPU cores ({info['cpu']}), "
+        + (f"accelerator {info['accelerator']}, " if info.get("accelerator") else "")
         + ", ".join(f"{k} {v}" for k, v in {"python": info["python"], **info["versions"]}.items())
         + (f"; XLA_FLAGS={info['xla_flags']}" if info["xla_flags"] else "")
     )
@@ -296,7 +316,8 @@ def print_report(results):
     print(
         "\nRatios: the median over rounds of the per-round ratio, [smallest, "
         "largest] per-round ratio;\nmemory: XLA buffers on jax, TensorFlow's "
-        "allocator peak on tensorflow, RSS high-water mark on torch."
+        "allocator peak on tensorflow, RSS high-water mark on torch\n(on a GPU, "
+        "its CUDA allocator's peak)."
     )
     for row in results["ratios"]:
         spread = f"[{row['min']:.3f}, {row['max']:.3f}]" if "min" in row else ""

@@ -90,7 +90,7 @@ def ratio(samples, cpu_samples, numerator, denominator):
 
 
 def machine():
-    """The CPU, its core count and the memory of this machine."""
+    """The CPU, its core count, the memory and the accelerator of this machine."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -108,6 +108,31 @@ def machine():
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "memory_gb": memory_gb,
+        "accelerator": accelerator(),
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+
+
+def accelerator():
+    """The name of the accelerator Keras' backend computes on; None on a CPU."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        return None if device.platform == "cpu" else device.device_kind
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        if not gpus:
+            return None
+        return tf.config.experimental.get_device_details(gpus[0]).get("device_name", gpus[0].name)
+    return None

@@ -97,8 +97,11 @@ def test_peft_comparison_refuses_another_backend():
 
 @pytest.mark.slow
 def test_quantized_quick_run_writes_well_formed_json(tmp_path):
-    results = run_to_json("quantized.py", tmp_path / "quantized.json", "--quick")
+    results = run_to_json(
+        "quantized.py", tmp_path / "quantized.json", "--quick", "--batch-size", "3"
+    )
     assert results["info"]["backend"] == keras.backend.backend()
+    assert results["settings"]["batch_size"] == 3
     configurations = results["configurations"]
     assert list(configurations) == ["float32", "int8", "int4"]
     for result in configurations.values():
@@ -116,3 +119,9 @@ def test_quantized_quick_run_writes_well_formed_json(tmp_path):
     train = ratios["int8 / float32 (train)"]
     assert train["min"] <= train["value"] <= train["max"]
     assert isinstance(ratios["int8 / float32 (memory)"]["met"], bool)
+
+
+def test_quantized_refuses_a_size_below_one():
+    done = run_benchmark("quantized.py", "--quick", "--sequence-length", "0", timeout=60)
+    assert done.returncode != 0
+    assert "--sequence-length must be at least 1, got 0" in done.stderr
