@@ -243,6 +243,9 @@ def test_flix_language_adapters_take_the_language_step():
     assert every["flix"].alphas == {"language": alpha / 2, "task": alpha}
     assert every["flix_no_dropout"].alphas == every["flix"].alphas
     assert every["flix_full_language_step"].alphas == {"language": alpha, "task": alpha}
+    # The shared feature of `flix_shared_full_rank` is LoRA's adapter, at LoRA's step.
+    assert every["flix_shared_full_rank"].ranks == {"language": 4, "task": 4, "shared": 8}
+    assert every["flix_shared_full_rank"].alphas["shared"] == every["lora"].alphas["shared"]
     assert study.parse_args([]).language_step == methods_lib.LANGUAGE_STEP
 
 

@@ -121,6 +121,14 @@ def methods(rank, dropout, languages, tasks, language_step=LANGUAGE_STEP):
                 dropout,
                 alpha_scale=slow_language,
             ),
+            # LoRA's whole adapter with FLix's beside it (the paper's FLix + shared).
+            Method(
+                "flix_shared_full_rank",
+                "FLix + shared feature at LoRA's rank",
+                {**flix_ranks, SHARED: rank},
+                dropout,
+                alpha_scale=slow_language,
+            ),
             Method("head_only", "Head only (frozen backbone)"),
         )
     }
