@@ -121,7 +121,7 @@ def parse_args(argv=None):
         value = getattr(args, option)
         if value is not None:
             if value < 1:
-                parser.error(f"--{option.replace('_', '-')} must be at least 1, got {value}")
+                parser.error(f"{flag(option)} must be at least 1, got {value}")
             settings[key] = value
     return args, settings
 
@@ -199,12 +199,17 @@ def weight_bytes(model):
     )
 
 
+def flag(option):
+    """The command-line flag of an `args` attribute: `batch_size` -> `--batch-size`."""
+    return "--" + option.replace("_", "-")
+
+
 def start_memory_probe(args, mode):
     flags = ["--quick"] if args.quick else []
     for option in SIZE_OPTIONS:
         value = getattr(args, option)
         if value is not None:
-            flags += [f"--{option.replace('_', '-')}", str(value)]
+            flags += [flag(option), str(value)]
     return peak_memory.start_probe(__file__, ["--memory-probe", mode, *flags])
 
 
