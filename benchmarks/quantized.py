@@ -188,6 +188,9 @@ def run_info():
         **timing.machine(),
         # XLA's options change its schedules, hence memory and time.
         "xla_flags": os.environ.get("XLA_FLAGS"),
+        # glibc keeps freed blocks below this size in the process (and in
+        # the resident set torch's figure reads) unless it is fixed.
+        "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
     }
 
 

@@ -101,6 +101,9 @@ def test_quantized_quick_run_writes_well_formed_json(tmp_path):
         "quantized.py", tmp_path / "quantized.json", "--quick", "--batch-size", "3"
     )
     assert results["info"]["backend"] == keras.backend.backend()
+    # The environment settings that move the figures travel with them.
+    assert results["info"]["xla_flags"] == os.environ.get("XLA_FLAGS")
+    assert results["info"]["malloc_mmap_threshold"] == os.environ.get("MALLOC_MMAP_THRESHOLD_")
     assert results["settings"]["batch_size"] == 3
     configurations = results["configurations"]
     assert list(configurations) == ["float32", "int8", "int4"]
