@@ -24,6 +24,7 @@ from keras_flix.src.peft.importing import import_peft
 from keras_flix.src.retrofit import retrofit
 from keras_flix.src.schema import FeatureSchema
 from keras_flix.src.summary import summary
+from keras_flix.src import int8_gradients
 from keras_flix.src import integer_products
 from keras_flix.src import row_sparse_step
 
@@ -33,7 +34,10 @@ row_sparse_step.install()
 # int8 products of quantized layers run on torch's integer GEMM on the CPU
 # too, bit-identical to Keras' own (see keras_flix/src/integer_products.py).
 integer_products.install()
-del integer_products, row_sparse_step
+# Keras' int8 layers pass their gradient on one block of float kernel at a
+# time, so no compiler keeps them all (see keras_flix/src/int8_gradients.py).
+int8_gradients.install()
+del int8_gradients, integer_products, row_sparse_step
 
 __version__ = "0.1.0"
 

@@ -19,6 +19,7 @@ def probes():
     functional.compile(optimizer="adam", loss="mse")
     einsum = keras.layers.EinsumDense("ab,bc->ac", 3)
     einsum.build((None, 4))
+    einsum.quantize("int8")  # Some attributes exist in quantized layers only.
     sequential = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     adam = keras.optimizers.Adam()
     adam.build([keras.Variable(np.zeros((2, 2), "float32"))])

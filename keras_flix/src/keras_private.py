@@ -14,6 +14,9 @@ whose API the code was written against.
 """
 
 import contextlib
+import functools
+import importlib
+import types
 
 import keras
 from keras.src import backend as keras_backend
@@ -58,6 +61,9 @@ RELIED_ON = (
     ("Trainer", "_symbolic_build", None, "metrics built before a resumed epoch"),
     ("backend.numpy", "matmul", ("torch",), "int8 products by torch's integer GEMM"),
     ("backend.numpy", "einsum", ("torch",), "int8 products by torch's integer GEMM"),
+    ("Dense", "_int8_call", None, "the int8 product whose input gradient runs blockwise"),
+    ("EinsumDense", "_int8_call", None, "the int8 product whose input gradient runs blockwise"),
+    ("EinsumDense", "_custom_gradient_equation", None, "an int8 layer's input gradient"),
 )
 """Each private attribute relied on, and why (see `tests/test_keras_private.py`)."""
 
@@ -135,14 +141,82 @@ def resolve_dtype_policy_maps(model):
             layer._dtype_policy = policy[layer.path]
 
 
-def int8_kernel_scale(layer):
+def int8_kernel_scale(layer, scale=None):
     """The scale of an int8 kernel, shaped to divide the kernel by.
 
     `EinsumDense` stores its scale in the layout of its quantized einsum.
+
+    Args:
+        layer: an int8 `Dense` / `EinsumDense`.
+        scale: the value of its `kernel_scale` to reshape (default: the
+            variable's).
     """
+    scale = layer.kernel_scale if scale is None else scale
     if isinstance(layer, keras.layers.EinsumDense):
-        return layer._adjust_scale_for_dequant(layer.kernel_scale)
-    return layer.kernel_scale
+        return layer._adjust_scale_for_dequant(scale)
+    return scale
+
+
+def input_gradient_equation(layer):
+    """The einsum an int8 `EinsumDense` passes its gradient on with.
+
+    `"<output>,<kernel>-><input>"`: the upstream gradient times the kernel.
+    """
+    return layer._custom_gradient_equation
+
+
+def wrap_custom_gradient(wrap):
+    """Replaces `ops.custom_gradient` as Keras' own layers call it, once.
+
+    Keras' layers look `custom_gradient` up on `keras.src.ops` at every call;
+    the public `keras.ops.custom_gradient` stays Keras' own.
+
+    Args:
+        wrap: takes Keras' `custom_gradient`, returns the new one.
+    """
+    _wrap_once(importlib.import_module("keras.src.ops"), "custom_gradient", wrap)
+
+
+# The products with a custom gradient that Keras' int8 calls define, by the
+# name of the local function in each call.
+_INT8_PRODUCTS = (
+    (keras.layers.Dense, "matmul_with_inputs_gradient"),
+    (keras.layers.EinsumDense, "einsum_with_inputs_gradient"),
+)
+
+
+def int8_product_layer(function):
+    """The layer whose Keras int8 call defined `function`, else `None`.
+
+    `Dense._int8_call` and `EinsumDense._int8_call` multiply with a local
+    function `f(inputs, kernel, kernel_scale) -> (outputs, grad_fn)`, a
+    closure over the layer, which they pass to `ops.custom_gradient`. A
+    function is one of them when its code is theirs.
+
+    Args:
+        function: a function passed to `ops.custom_gradient`.
+
+    Returns:
+        The int8 `Dense` / `EinsumDense` it belongs to, or `None`.
+    """
+    if not isinstance(function, types.FunctionType):
+        return None
+    code = function.__code__
+    if code not in _int8_product_codes():
+        return None
+    return function.__closure__[code.co_freevars.index("self")].cell_contents
+
+
+@functools.cache
+def _int8_product_codes():
+    codes = set()
+    for layer_class, name in _INT8_PRODUCTS:
+        codes |= {
+            constant
+            for constant in layer_class._int8_call.__code__.co_consts
+            if isinstance(constant, types.CodeType) and constant.co_name == name
+        }
+    return frozenset(codes)
 
 
 def dequantize_grouped(values, scale, zero, group_ids):
