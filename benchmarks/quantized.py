@@ -188,9 +188,11 @@ def run_info():
         **timing.machine(),
         # XLA's options change its schedules, hence memory and time.
         "xla_flags": os.environ.get("XLA_FLAGS"),
-        # glibc keeps freed blocks below this size in the process (and in
-        # the resident set torch's figure reads) unless it is fixed.
+        # How freed memory returns to the system moves torch's figure (the
+        # resident set): glibc keeps freed blocks below its mmap threshold
+        # unless the threshold is fixed, and another allocator may be preloaded.
         "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
+        "ld_preload": os.environ.get("LD_PRELOAD"),
     }
 
 

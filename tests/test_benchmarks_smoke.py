@@ -104,6 +104,7 @@ def test_quantized_quick_run_writes_well_formed_json(tmp_path):
     # The environment settings that move the figures travel with them.
     assert results["info"]["xla_flags"] == os.environ.get("XLA_FLAGS")
     assert results["info"]["malloc_mmap_threshold"] == os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    assert results["info"]["ld_preload"] == os.environ.get("LD_PRELOAD")
     assert results["settings"]["batch_size"] == 3
     configurations = results["configurations"]
     assert list(configurations) == ["float32", "int8", "int4"]
