@@ -148,7 +148,9 @@ def test_every_int8_call_takes_it_and_nothing_else_does(monkeypatch):
     assert calls == ["int8", "int8"]
 
 
-def test_a_flix_layer_over_an_int8_base_passes_its_gradient_on_blockwise(monkeypatch):
+def fit_flix_over_int8(monkeypatch, jit_compile="auto"):
+    """Paths of the layers that took the blockwise gradient, losses and weights
+    of a fit of `int8 Dense -> int8 Dense`, both retrofitted."""
     calls = []
     original = int8_gradients.input_gradient
     monkeypatch.setattr(
@@ -163,8 +165,27 @@ def test_a_flix_layer_over_an_int8_base_passes_its_gradient_on_blockwise(monkeyp
     model = kf.retrofit(
         base, kf.FeatureSchema({"language": ["en", "sw"]}), rank=2, target_layers=["first", "second"]
     )
-    model.compile(optimizer=kf.optimizers.LazyAdam(1e-2), loss="mse")
+    model.compile(optimizer=kf.optimizers.LazyAdam(1e-2), loss="mse", jit_compile=jit_compile)
     x = {"inputs": np.ones((4, 5, 8), "float32"), "feature_ids": np.array([[0], [1], [-1], [0]], "int32")}
-    model.train_on_batch(x, np.zeros((4, 5, 8), "float32"))
+    history = model.fit(x, np.zeros((4, 5, 8), "float32"), epochs=2, verbose=0)
+    return calls, history.history["loss"], [to_numpy(v) for v in model.trainable_variables]
+
+
+def test_a_flix_layer_over_an_int8_base_passes_its_gradient_on_blockwise(monkeypatch):
+    calls, losses, _ = fit_flix_over_int8(monkeypatch)
     # The second layer passes the gradient on to the first one's adapters.
+    assert "second" in calls and losses[-1] < losses[0]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch",
+    reason="torch.compile is what jit_compile=True means on the torch backend",
+)
+def test_torch_compiled_fit_over_an_int8_base_trains_like_eager(monkeypatch):
+    calls, compiled_losses, compiled = fit_flix_over_int8(monkeypatch, jit_compile=True)
     assert "second" in calls
+    _, eager_losses, eager = fit_flix_over_int8(monkeypatch, jit_compile=False)
+    np.testing.assert_allclose(compiled_losses, eager_losses, rtol=1e-5)
+    for a, b in zip(compiled, eager):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -108,7 +108,8 @@ def input_gradient(layer, upstream, kernel, kernel_scale):
     summed = [c for c in kernel_spec if c in upstream_spec and c not in input_spec]
     if not summed:  # A kernel that only scales its inputs: one block.
         return multiply(upstream, ops.divide(ops.cast(kernel, layer.compute_dtype), scale))
-    kernel_axis = max((kernel_spec.index(c) for c in summed), key=lambda a: kernel.shape[a])
+    lengths = [kernel.shape[kernel_spec.index(c)] for c in summed]
+    kernel_axis = kernel_spec.index(summed[lengths.index(max(lengths))])
     upstream_axis = _axis_in(upstream_spec, kernel_spec[kernel_axis])
     length = kernel.shape[kernel_axis]
     float_bytes = math.prod(kernel.shape) * _ITEMSIZES.get(layer.compute_dtype, 4)

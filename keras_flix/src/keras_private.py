@@ -14,7 +14,6 @@ whose API the code was written against.
 """
 
 import contextlib
-import functools
 import importlib
 import types
 
@@ -177,11 +176,16 @@ def wrap_custom_gradient(wrap):
     _wrap_once(importlib.import_module("keras.src.ops"), "custom_gradient", wrap)
 
 
-# The products with a custom gradient that Keras' int8 calls define, by the
-# name of the local function in each call.
-_INT8_PRODUCTS = (
-    (keras.layers.Dense, "matmul_with_inputs_gradient"),
-    (keras.layers.EinsumDense, "einsum_with_inputs_gradient"),
+# The code of the products with a custom gradient that Keras' int8 calls
+# define: the local function of each call, by its name.
+_INT8_PRODUCT_CODES = frozenset(
+    constant
+    for layer_class, name in (
+        (keras.layers.Dense, "matmul_with_inputs_gradient"),
+        (keras.layers.EinsumDense, "einsum_with_inputs_gradient"),
+    )
+    for constant in layer_class._int8_call.__code__.co_consts
+    if isinstance(constant, types.CodeType) and constant.co_name == name
 )
 
 
@@ -202,21 +206,9 @@ def int8_product_layer(function):
     if not isinstance(function, types.FunctionType):
         return None
     code = function.__code__
-    if code not in _int8_product_codes():
+    if code not in _INT8_PRODUCT_CODES:
         return None
     return function.__closure__[code.co_freevars.index("self")].cell_contents
-
-
-@functools.cache
-def _int8_product_codes():
-    codes = set()
-    for layer_class, name in _INT8_PRODUCTS:
-        codes |= {
-            constant
-            for constant in layer_class._int8_call.__code__.co_consts
-            if isinstance(constant, types.CodeType) and constant.co_name == name
-        }
-    return frozenset(codes)
 
 
 def dequantize_grouped(values, scale, zero, group_ids):
