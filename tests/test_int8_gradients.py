@@ -126,12 +126,21 @@ def test_the_gradient_is_split_into_blocks_of_at_most_block_bytes(monkeypatch):
     )
 
 
-def test_every_int8_call_takes_it_and_nothing_else_does(monkeypatch):
-    calls = []
+def layers_taking_the_blockwise_gradient(monkeypatch):
+    """The paths of the layers whose input gradient is formed from now on, in order."""
+    paths = []
     original = int8_gradients.input_gradient
-    monkeypatch.setattr(
-        int8_gradients, "input_gradient", lambda layer, *a: calls.append(layer.name) or original(layer, *a)
-    )
+
+    def recorded(layer, *args):
+        paths.append(layer.path)
+        return original(layer, *args)
+
+    monkeypatch.setattr(int8_gradients, "input_gradient", recorded)
+    return paths
+
+
+def test_every_int8_call_takes_it_and_nothing_else_does(monkeypatch):
+    calls = layers_taking_the_blockwise_gradient(monkeypatch)
     for spec in SPECS[:2]:
         trained(spec, steps=1)
     assert calls == ["int8", "int8"]
@@ -151,11 +160,7 @@ def test_every_int8_call_takes_it_and_nothing_else_does(monkeypatch):
 def fit_flix_over_int8(monkeypatch, jit_compile="auto"):
     """Paths of the layers that took the blockwise gradient, losses and weights
     of a fit of `int8 Dense -> int8 Dense`, both retrofitted."""
-    calls = []
-    original = int8_gradients.input_gradient
-    monkeypatch.setattr(
-        int8_gradients, "input_gradient", lambda layer, *a: calls.append(layer.path) or original(layer, *a)
-    )
+    calls = layers_taking_the_blockwise_gradient(monkeypatch)
     keras.utils.set_random_seed(0)
     inputs = keras.Input((5, 8))
     hidden = keras.layers.Dense(8, name="first")(inputs)

@@ -91,8 +91,8 @@ def input_gradient(layer, upstream, kernel, kernel_scale):
     """
     if isinstance(layer, keras.layers.EinsumDense):
         equation = keras_private.input_gradient_equation(layer)
-        upstream_spec, kernel_spec = equation.split("->")[0].split(",")
-        input_spec = equation.split("->")[1]
+        operand_specs, input_spec = equation.split("->")
+        upstream_spec, kernel_spec = operand_specs.split(",")
 
         def multiply(upstream_block, float_kernel_block):
             return ops.einsum(equation, upstream_block, float_kernel_block)
