@@ -52,7 +52,8 @@ def training_memory(build_model, steps):
     on TensorFlow the peak of its CPU allocator during the steps (every
     tensor, nothing else), on torch with a CUDA device the peak of torch's
     CUDA allocator during the steps (every tensor on the GPU; the resident
-    set then counts host memory only).
+    set then counts host memory only), on torch without one the peak of its
+    CPU tensors during as many steps again (`TorchCpuTensors`).
 
     Args:
         build_model: returns `(model, inputs, target)`, the model compiled.
@@ -69,24 +70,7 @@ def training_memory(build_model, steps):
     model, inputs, target = build_model()
     for _ in range(2):
         model.train_on_batch(inputs, target)
-    trim_heap()
-    steady = read_status("VmRSS")
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # Resets VmHWM, so compilation's peak does not count.
-        reset = True
-    except OSError:
-        reset = False
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.experimental.reset_memory_stats("CPU:0")
-    if cuda:
-        cuda.synchronize()
-        cuda.reset_peak_memory_stats()
-    for _ in range(steps):
-        model.train_on_batch(inputs, target)
-    peak = read_status("VmHWM")
+    peak, steady, reset = _measured_steps(model, inputs, target, steps)
     result = {
         "method": "rss_high_water" if reset else "rss_high_water_including_compilation",
         "peak_mb": None if peak is None else round(peak - baseline, 1),
@@ -95,6 +79,8 @@ def training_memory(build_model, steps):
     if keras.backend.backend() == "jax":
         result["xla"] = xla_train_step_analysis(model, inputs, target)
     elif keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
         # TensorFlow's own CPU allocator: every tensor the steps held, and
         # nothing else (no executables, no allocator pools).
         stats = tf.config.experimental.get_memory_info("CPU:0")
@@ -108,7 +94,115 @@ def training_memory(build_model, steps):
             "peak_mb": round((cuda.max_memory_allocated() - cuda_baseline) / 2**20, 1),
             "current_mb": round((cuda.memory_allocated() - cuda_baseline) / 2**20, 1),
         }
+    if _torch_on_cpu():
+        # The same number of steps again, after the resident set's: the
+        # profiler's records would count in it.
+        with TorchCpuTensors() as cpu_tensors:
+            for _ in range(steps):
+                model.train_on_batch(inputs, target)
+        result["torch_cpu_tensors"] = cpu_tensors.figures()
     return result
+
+
+def _measured_steps(model, inputs, target, steps):
+    """Runs the measured steps; returns `(VmHWM, VmRSS before, VmHWM reset?)`."""
+    trim_heap()
+    steady = read_status("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # Resets VmHWM, so compilation's peak does not count.
+        reset = True
+    except OSError:
+        reset = False
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.reset_memory_stats("CPU:0")
+    cuda = _torch_cuda()
+    if cuda:
+        cuda.synchronize()
+        cuda.reset_peak_memory_stats()
+    for _ in range(steps):
+        model.train_on_batch(inputs, target)
+    return read_status("VmHWM"), steady, reset
+
+
+class TorchCpuTensors:
+    """The peak bytes of CPU tensors torch holds while in this context.
+
+    torch keeps peak statistics for CUDA memory only. This counts the
+    tensors alive on entry (every Python-reachable tensor's storage, once)
+    and replays from there what torch's profiler records of its CPU
+    allocator inside the context (`profile_memory=True`, every allocation
+    and release). Unlike the resident set it counts tensors only: not what
+    the C allocator keeps of freed blocks, not libraries' own buffers. That
+    is what XLA's buffer assignment and TensorFlow's allocator peak count.
+
+    The profiler does not report the release of memory allocated before it
+    started: a tensor alive on entry and released inside counts as held to
+    the end. In a training loop in its steady state nothing held on entry is
+    released, and `after_mb` equals `before_mb`; if it is larger, releases
+    were missed and the peak may be too high.
+
+    Example:
+
+    >>> import torch
+    >>> with TorchCpuTensors() as tensors:
+    ...     passing = torch.empty(2**21, dtype=torch.uint8)
+    ...     del passing
+    ...     kept = torch.empty(2**20, dtype=torch.uint8)
+    >>> figures = tensors.figures()
+    >>> [round(figures[k] - figures["before_mb"], 1) for k in ("peak_mb", "after_mb")]
+    [2.0, 1.0]
+    """
+
+    def __enter__(self):
+        import torch
+
+        self._before = _cpu_tensor_bytes()
+        self._profile = torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+        )
+        self._profile.__enter__()
+        return self
+
+    def __exit__(self, *exception):
+        self._profile.__exit__(*exception)
+
+    def figures(self):
+        """MiB held at the peak, on entry and on exit."""
+        changes = sorted(
+            (event.start_ns(), event.nbytes())
+            for event in self._profile.profiler.kineto_results.events()
+            if event.name() == "[memory]" and event.device_type().name == "CPU"
+        )
+        held = peak = self._before
+        for _, size in changes:
+            held += size
+            peak = max(peak, held)
+        mib = 2**20
+        return {
+            "peak_mb": round(peak / mib, 1),
+            "before_mb": round(self._before / mib, 1),
+            "after_mb": round(held / mib, 1),
+        }
+
+
+def _cpu_tensor_bytes():
+    """Bytes of the storages of every CPU tensor Python can reach, each once."""
+    import torch
+
+    gc.collect()
+    storages = {}
+    for obj in gc.get_objects():
+        # `type(...)`, not `isinstance`: the latter asks deprecated module
+        # attributes for their class, which warns.
+        if not issubclass(type(obj), torch.Tensor):
+            continue
+        if obj.device.type == "cpu" and obj.layout == torch.strided:
+            storage = obj.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
 
 
 def _torch_cuda():
@@ -118,6 +212,10 @@ def _torch_cuda():
     import torch
 
     return torch.cuda if torch.cuda.is_available() else None
+
+
+def _torch_on_cpu():
+    return keras.backend.backend() == "torch" and _torch_cuda() is None
 
 
 def xla_train_step_analysis(model, inputs, target):
@@ -186,9 +284,11 @@ def finish_probe(name, process, log):
 
 
 def memory_figure(memory, name):
-    """The figure memory ratios use, and its method: XLA's buffers on jax,
-    TensorFlow's allocator peak on TensorFlow, torch's CUDA allocator peak on
-    torch with a GPU, else the RSS high-water mark.
+    """The figure memory ratios use, and its method: the peak of the tensors
+    the backend held, as it counts them — XLA's buffers on jax, TensorFlow's
+    allocator peak on TensorFlow, torch's CUDA allocator peak on torch with a
+    GPU, the tensors of torch's CPU allocator without one — else (results
+    written before torch's was recorded) the RSS high-water mark.
 
     Args:
         memory: a dict from configuration to `training_memory`'s result.
@@ -206,4 +306,25 @@ def memory_figure(memory, name):
         return probe["tensorflow_allocator"]["peak_mb"], "tensorflow_allocator_peak"
     if "torch_cuda_allocator" in probe:
         return probe["torch_cuda_allocator"]["peak_mb"], "torch_cuda_allocator_peak"
+    if "torch_cpu_tensors" in probe:
+        return probe["torch_cpu_tensors"]["peak_mb"], "torch_cpu_tensors_peak"
     return probe["peak_mb"], probe["method"]
+
+
+def memory_ratio(memory, numerator, denominator):
+    """The memory ratio of two probed configurations, by `memory_figure`.
+
+    Returns:
+        `{"value", "method", "rss_ratio"}` (`rss_ratio`: the same ratio of
+        the resident sets, where both were read), or None if either
+        configuration was not probed.
+    """
+    a, method = memory_figure(memory, numerator)
+    b, _ = memory_figure(memory, denominator)
+    if a is None or b is None:
+        return None
+    row = {"value": a / b, "method": method}
+    rss_a, rss_b = memory[numerator]["peak_mb"], memory[denominator]["peak_mb"]
+    if rss_a and rss_b:
+        row["rss_ratio"] = rss_a / rss_b
+    return row

@@ -23,9 +23,13 @@ Step time: the three models are built, compiled and warmed up in one
 process, then timed in interleaved rounds (`timing.interleaved_rounds`); a
 ratio is the median over rounds of the per-round ratio to `float32`, and
 its spread the smallest and largest per-round ratio. Peak training memory:
-one fresh process per configuration (`peak_memory.training_memory`): on jax
-XLA's buffer assignment for the compiled train step, on TensorFlow its CPU
-allocator's peak, on torch the resident set's high-water mark.
+one fresh process per configuration (`peak_memory.training_memory`), the
+tensors at their peak as the backend counts them: on jax XLA's buffer
+assignment for the compiled train step, on TensorFlow its CPU allocator's
+peak, on torch the CPU tensors its profiler sees allocated and released
+(`peak_memory.TorchCpuTensors`). The resident set's high-water mark is
+reported too (`rss_ratio`); it also counts what the C allocator keeps of
+freed blocks.
 
 On a GPU the same script measures the GPU: jax's figure is XLA's buffer
 assignment for that device, torch's the peak of its CUDA allocator.
@@ -263,11 +267,9 @@ def main(argv=None):
     ratios = []
     for numerator, denominator, phase, target in RATIOS:
         if phase == "memory":
-            a, method = peak_memory.memory_figure(memory, numerator)
-            b, _ = peak_memory.memory_figure(memory, denominator)
-            if a is None or b is None:
+            row = peak_memory.memory_ratio(memory, numerator, denominator)
+            if row is None:
                 continue
-            row = {"value": a / b, "method": method}
         else:
             row = timing.ratio(samples, cpu_samples, numerator, denominator)
         row.update(
@@ -326,11 +328,14 @@ def print_report(results):
     print(
         "\nRatios: the median over rounds of the per-round ratio, [smallest, "
         "largest] per-round ratio;\nmemory: XLA buffers on jax, TensorFlow's "
-        "allocator peak on tensorflow, RSS high-water mark on torch\n(on a GPU, "
-        "its CUDA allocator's peak)."
+        "allocator peak on tensorflow, CPU tensors (profiler) on torch\n(on a GPU, "
+        "its CUDA allocator's peak); RSS: the same ratio of resident sets."
     )
     for row in results["ratios"]:
-        spread = f"[{row['min']:.3f}, {row['max']:.3f}]" if "min" in row else ""
+        if "min" in row:
+            spread = f"[{row['min']:.3f}, {row['max']:.3f}]"
+        else:
+            spread = f"RSS {row['rss_ratio']:.3f}" if "rss_ratio" in row else ""
         target = f"target {row['target']:.2f}: {'met' if row['met'] else 'NOT met'}" if row["target"] else ""
         print(f"{row['name']:<28}{row['value']:7.3f}  {spread:<18}{target}")
     print(f"\nDone in {results['wall_time_s']} s.")

@@ -52,6 +52,10 @@ step (arguments + temporaries + outputs not aliased to donated arguments),
 which is exact and noise-free; the memory ratio uses it there. On TensorFlow
 the ratio uses the peak of TensorFlow's CPU allocator during the measured
 steps (`tf.config.experimental.get_memory_info`): every tensor, nothing else.
+On torch it uses the peak of the CPU tensors during as many steps again
+(`peak_memory.TorchCpuTensors`, from torch's profiler), since the resident
+set also counts what the C allocator keeps of freed blocks; the resident
+set's ratio is reported too (`rss_ratio`).
 
 Run:  KERAS_BACKEND=jax python benchmarks/speed.py [--json out.json]
           [--quick] [--mixed-precision] [--layers 6] [--rounds 6]
@@ -405,14 +409,9 @@ def collect_ratios(samples, cpu_samples, memory):
     for spec in [(*t, True) for t in TARGETS] + [(*e, None, False) for e in EXTRA_RATIOS]:
         numerator, denominator, phase, target, is_target = spec
         if phase == "memory":
-            a, method = peak_memory.memory_figure(memory, numerator)
-            b, _ = peak_memory.memory_figure(memory, denominator)
-            if a is None or b is None:
+            row = peak_memory.memory_ratio(memory, numerator, denominator)
+            if row is None:
                 continue
-            row = {"value": a / b, "method": method}
-            ra, rb = memory[numerator]["peak_mb"], memory[denominator]["peak_mb"]
-            if ra and rb:
-                row["rss_ratio"] = ra / rb
         else:
             row = timing.ratio(
                 samples, cpu_samples, (numerator, phase), (denominator, phase)
@@ -466,7 +465,7 @@ def print_report(info, settings, samples, cpu_samples, extras, memory, ratios, c
         "\nRatios: median over rounds of the per-round ratio (wall-clock), the "
         "same for CPU time,\nits spread over rounds, and the ratios of the medians and "
         "of the minimums (wall-clock). Memory: XLA buffers on jax, TensorFlow's allocator peak on "
-        "tensorflow, RSS on torch."
+        "tensorflow, CPU tensors (profiler) on torch."
     )
     print(
         f"{'ratio':<42}{'median':>8}{'cpu':>8}{'spread':>14}{'of med':>8}"

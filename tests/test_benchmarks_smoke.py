@@ -15,6 +15,15 @@ import keras
 import pytest
 
 BENCHMARKS = os.path.join(os.path.dirname(__file__), "..", "benchmarks")
+sys.path.insert(0, BENCHMARKS)
+import peak_memory  # noqa: E402  (benchmarks/peak_memory.py)
+
+# How each backend's memory ratios count memory (`peak_memory.memory_figure`).
+MEMORY_METHODS = {
+    "jax": "xla_buffer_assignment",
+    "tensorflow": "tensorflow_allocator_peak",
+    "torch": "torch_cpu_tensors_peak",
+}
 # Enough for both inference targets and one memory probe, in well under a
 # minute; the other configurations only add more of the same kind.
 CONFIGURATIONS = ["frozen", "flix_v8", "merged_v8"]
@@ -122,10 +131,43 @@ def test_quantized_quick_run_writes_well_formed_json(tmp_path):
         assert math.isfinite(row["value"]) and row["value"] > 0
     train = ratios["int8 / float32 (train)"]
     assert train["min"] <= train["value"] <= train["max"]
-    assert isinstance(ratios["int8 / float32 (memory)"]["met"], bool)
+    memory = ratios["int8 / float32 (memory)"]
+    assert isinstance(memory["met"], bool)
+    assert memory["method"] == MEMORY_METHODS[keras.backend.backend()]
+    # The resident sets' ratio is reported beside the tensors' one.
+    assert math.isfinite(memory["rss_ratio"]) and memory["rss_ratio"] > 0
+    if keras.backend.backend() == "torch":
+        for result in configurations.values():
+            tensors = result["memory"]["torch_cpu_tensors"]
+            # Held on entry: at least the weights; a step makes more.
+            assert tensors["before_mb"] >= round(result["weights_mb"], 1)
+            assert tensors["peak_mb"] > tensors["before_mb"]
+            # A steady state (but for the last step's results, a few KiB),
+            # so no release went unseen (see `TorchCpuTensors`).
+            assert tensors["after_mb"] == pytest.approx(tensors["before_mb"], abs=0.1)
 
 
 def test_quantized_refuses_a_size_below_one():
     done = run_benchmark("quantized.py", "--quick", "--sequence-length", "0")
     assert done.returncode != 0
     assert "--sequence-length must be at least 1, got 0" in done.stderr
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="counts torch's tensors")
+def test_torch_cpu_tensors_counts_held_and_passing_tensors():
+    import torch
+
+    mib = 2**20
+    with peak_memory.TorchCpuTensors() as tensors:
+        passing = torch.ones(3 * mib, dtype=torch.uint8)
+        del passing
+        kept = torch.ones(2 * mib, dtype=torch.uint8)
+        view = kept[:mib]
+    figures = tensors.figures()
+    assert figures["peak_mb"] - figures["before_mb"] == pytest.approx(3.0)
+    assert figures["after_mb"] - figures["before_mb"] == pytest.approx(2.0)
+    with peak_memory.TorchCpuTensors() as again:
+        pass
+    # Held on entry, each storage once: a view shares its base's.
+    assert again.figures()["before_mb"] == pytest.approx(figures["after_mb"])
+    del view, kept
