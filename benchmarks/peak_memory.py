@@ -70,7 +70,7 @@ def training_memory(build_model, steps):
     model, inputs, target = build_model()
     for _ in range(2):
         model.train_on_batch(inputs, target)
-    peak, steady, reset = _measured_steps(model, inputs, target, steps)
+    peak, steady, reset = _measured_steps(model, inputs, target, steps, cuda)
     result = {
         "method": "rss_high_water" if reset else "rss_high_water_including_compilation",
         "peak_mb": None if peak is None else round(peak - baseline, 1),
@@ -94,7 +94,7 @@ def training_memory(build_model, steps):
             "peak_mb": round((cuda.max_memory_allocated() - cuda_baseline) / 2**20, 1),
             "current_mb": round((cuda.memory_allocated() - cuda_baseline) / 2**20, 1),
         }
-    if _torch_on_cpu():
+    if keras.backend.backend() == "torch" and not cuda:
         # The same number of steps again, after the resident set's: the
         # profiler's records would count in it.
         with TorchCpuTensors() as cpu_tensors:
@@ -104,8 +104,9 @@ def training_memory(build_model, steps):
     return result
 
 
-def _measured_steps(model, inputs, target, steps):
-    """Runs the measured steps; returns `(VmHWM, VmRSS before, VmHWM reset?)`."""
+def _measured_steps(model, inputs, target, steps, cuda):
+    """Runs the measured steps (`cuda`: `_torch_cuda()`'s); returns
+    `(VmHWM, VmRSS before, VmHWM reset?)`."""
     trim_heap()
     steady = read_status("VmRSS")
     try:
@@ -118,7 +119,6 @@ def _measured_steps(model, inputs, target, steps):
         import tensorflow as tf
 
         tf.config.experimental.reset_memory_stats("CPU:0")
-    cuda = _torch_cuda()
     if cuda:
         cuda.synchronize()
         cuda.reset_peak_memory_stats()
@@ -212,10 +212,6 @@ def _torch_cuda():
     import torch
 
     return torch.cuda if torch.cuda.is_available() else None
-
-
-def _torch_on_cpu():
-    return keras.backend.backend() == "torch" and _torch_cuda() is None
 
 
 def xla_train_step_analysis(model, inputs, target):
