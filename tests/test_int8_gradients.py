@@ -31,7 +31,7 @@ def keras_own_gradient():
     """Keras' own `custom_gradient` for its layers, as without keras_flix."""
     ops_module = importlib.import_module("keras.src.ops")
     routed = ops_module.custom_gradient
-    ops_module.custom_gradient = importlib.import_module("keras.src.ops.core").custom_gradient
+    ops_module.custom_gradient = keras_private.keras_original(ops_module, "custom_gradient")
     try:
         yield
     finally:

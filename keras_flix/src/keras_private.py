@@ -347,11 +347,14 @@ def wrap_backend_op(name, wrap):
     _wrap_once(keras_backend.numpy, name, wrap)
 
 
+def keras_original(owner, attribute):
+    """Keras' own `owner.<attribute>`, whether wrapped here or not."""
+    return _keras_originals.get((owner, attribute), getattr(owner, attribute))
+
+
 def keras_backend_op(name):
     """Keras' own backend function `name`, whether wrapped or not."""
-    return _keras_originals.get(
-        (keras_backend.numpy, name), getattr(keras_backend.numpy, name)
-    )
+    return keras_original(keras_backend.numpy, name)
 
 
 def compute_loss(model, **kwargs):
